@@ -1,0 +1,51 @@
+# Pushline. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+.PHONY: help venv run test test-fast web worker migrate stats bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install requirements.txt
+
+run: $(STAMP) ## everything on this machine: embedded PostgreSQL/Redis if URLs unset, web on :8000, one worker
+	$(PY) -m pushline.cli run
+
+test: $(STAMP) ## the whole suite against real PostgreSQL and Redis (embedded if URLs unset)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the suite without the slow process/fault tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+web: $(STAMP) ## the web tier alone (needs PUSH_TOKENS, REDIS_URL, DATABASE_URL)
+	$(PY) -m pushline.cli web
+
+worker: $(STAMP) ## one worker (several may run on one machine; each gets its own node name)
+	$(PY) -m pushline.cli worker
+
+migrate: $(STAMP) ## apply database migrations (idempotent; needs DATABASE_URL)
+	$(PY) -m pushline.cli migrate
+
+stats: $(STAMP) ## queue depth, lag and event counts
+	$(PY) -m pushline.cli stats
+
+bench: $(STAMP) ## throughput and latency figures (writes bench/results.json)
+	$(PY) -m bench.run
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## remove .venv (var/ keeps your data; remove it yourself)
+	rm -rf $(VENV)

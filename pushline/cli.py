@@ -1,0 +1,118 @@
+"""`pushline` command line: python -m pushline.cli <command>.
+
+  migrate   apply database migrations (idempotent)
+  web       run the web tier (gunicorn) with settings from the environment
+  worker    run one Celery worker with its own node name
+  run       everything on one machine, with embedded servers if needed
+  stats     queue depth, claimed batches, event counts by name and status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from pushline.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _exec(argv: list[str]) -> None:
+    """Replace this process (signals then reach the server directly)."""
+    os.chdir(ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.execv(argv[0], argv)
+
+
+def _settings(*required: str) -> Settings:
+    try:
+        settings = Settings.from_env()
+        settings.require(*required)
+    except ConfigError as exc:
+        print(f"pushline: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return settings
+
+
+def cmd_migrate(args) -> int:
+    from pushline.db import migrate
+
+    settings = _settings("DATABASE_URL")
+    applied = migrate(settings.database_url, settings.timezone)
+    print(f"migrations applied: {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def cmd_web(args) -> int:
+    settings = _settings("PUSH_TOKENS", "REDIS_URL", "DATABASE_URL")
+    bind = args.bind or f"0.0.0.0:{settings.port}"
+    argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn.conf.py"), "--bind", bind, "web.wsgi:app"]
+    _exec(argv)
+
+
+def cmd_worker(args) -> int:
+    settings = _settings("REDIS_URL", "DATABASE_URL")
+    name = args.name or f"pushline-{os.getpid()}@{socket.gethostname()}"
+    argv = [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "--pool", "solo", "-n", name,
+            "--without-mingle", "--without-gossip", "--loglevel", settings.log_level]
+    _exec(argv)
+
+
+def cmd_run(args) -> int:
+    from pushline.devstack import run
+
+    return run()
+
+
+def cmd_stats(args) -> int:
+    import redis
+
+    from pushline.db import connect
+    from pushline.queue import EventQueue
+
+    settings = _settings("REDIS_URL", "DATABASE_URL")
+    queue = EventQueue(redis.Redis.from_url(settings.redis_url), settings.queue_prefix, settings.lease_seconds)
+    conn = connect(settings.database_url, "pushline-stats")
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT name, status, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2")
+        counts = [{"name": n, "status": s, "events": c} for n, s, c in cur.fetchall()]
+        cur.execute("""SELECT error, count(*) FROM events WHERE status = 'rejected'
+                       GROUP BY 1 ORDER BY 2 DESC LIMIT 10""")
+        reasons = [{"error": e, "events": c} for e, c in cur.fetchall()]
+    conn.close()
+    report = {
+        "queue_depth": queue.depth(),
+        "claimed_batches": queue.claimed(),
+        "oldest_claim_age_seconds": queue.oldest_claim_age(),
+        "events": counts,
+        "rejected_reasons": reasons,
+    }
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pushline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    web = sub.add_parser("web", help="run the web tier")
+    web.add_argument("--bind", help="host:port (default 0.0.0.0:$PORT)")
+    web.set_defaults(func=cmd_web)
+    worker = sub.add_parser("worker", help="run one worker")
+    worker.add_argument("--name", help="Celery node name (default pushline-<pid>@<host>)")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("run", help="run everything locally").set_defaults(func=cmd_run)
+    sub.add_parser("stats", help="queue and event statistics").set_defaults(func=cmd_stats)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""One settings path for web, workers, CLI and tests.
+
+Values come from the environment, then a `.env` file in the working directory
+(the environment wins). Reading settings connects to nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+DEFAULTS = {
+    "DATABASE_URL": "",
+    "REDIS_URL": "",
+    "PUSH_TOKENS": "",
+    "PUSH_TIMEZONE": "UTC",
+    "MAX_BODY_BYTES": "65536",
+    "QUEUE_HIGH_WATER": "1000000",
+    "PORT": "8000",
+    "PUSHLINE_QUEUE_PREFIX": "pushline",
+    "PUSHLINE_BATCH_SIZE": "500",
+    "PUSHLINE_LEASE_SECONDS": "60",
+    "LOG_LEVEL": "INFO",
+}
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message is one line an operator can act on."""
+
+
+@dataclass(frozen=True)
+class Token:
+    source: str
+    secret: str = field(repr=False)
+
+
+def parse_tokens(raw: str) -> tuple[Token, ...]:
+    """`tok1,paris:tok2` -> tokens; a bare token belongs to source `default`."""
+    tokens = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        source, sep, secret = entry.rpartition(":")
+        if not sep:
+            source = "default"
+        if not _SOURCE_NAME.match(source):
+            raise ConfigError(f"PUSH_TOKENS: source name {source!r} must match {_SOURCE_NAME.pattern}")
+        if not secret:
+            raise ConfigError(f"PUSH_TOKENS: source {source!r} has an empty token")
+        tokens.append(Token(source, secret))
+    return tuple(tokens)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    tokens: tuple[Token, ...]
+    timezone: str
+    max_body_bytes: int
+    queue_high_water: int
+    port: int
+    queue_prefix: str
+    batch_size: int
+    lease_seconds: int
+    log_level: str
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, str]) -> Settings:
+        merged = {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+
+        def integer(name: str, minimum: int = 1) -> int:
+            try:
+                value = int(merged[name])
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {merged[name]!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        tz = merged["PUSH_TIMEZONE"].strip() or "UTC"
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"PUSH_TIMEZONE {tz!r} is not an IANA time zone name") from None
+
+        return cls(
+            database_url=merged["DATABASE_URL"].strip(),
+            redis_url=merged["REDIS_URL"].strip(),
+            tokens=parse_tokens(merged["PUSH_TOKENS"]),
+            timezone=tz,
+            max_body_bytes=integer("MAX_BODY_BYTES"),
+            queue_high_water=integer("QUEUE_HIGH_WATER"),
+            port=integer("PORT"),
+            queue_prefix=merged["PUSHLINE_QUEUE_PREFIX"].strip() or "pushline",
+            batch_size=integer("PUSHLINE_BATCH_SIZE"),
+            lease_seconds=integer("PUSHLINE_LEASE_SECONDS", minimum=5),
+            log_level=merged["LOG_LEVEL"].strip().upper() or "INFO",
+        )
+
+    @classmethod
+    def from_env(cls, env_file: str = ".env") -> Settings:
+        file_values = dotenv_values(env_file) if os.path.exists(env_file) else {}
+        values = {k: v for k, v in file_values.items() if v is not None}
+        values.update({k: os.environ[k] for k in DEFAULTS if k in os.environ})
+        return cls.from_mapping(values)
+
+    def require(self, *names: str) -> None:
+        """Fail with one line when a tier is started without what it needs."""
+        for name in names:
+            if name == "DATABASE_URL" and not self.database_url:
+                raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/pushline)")
+            if name == "REDIS_URL" and not self.redis_url:
+                raise ConfigError("REDIS_URL is not set (e.g. redis://host:6379/0)")
+            if name == "PUSH_TOKENS" and not self.tokens:
+                raise ConfigError("PUSH_TOKENS is empty: set at least one token (name:token or token), comma-separated")

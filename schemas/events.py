@@ -1,0 +1,101 @@
+"""The four documented events, and how a body becomes a typed event.
+
+Fields that iAdvize may add later are ignored here (EXCLUDE) and kept in the
+stored payload, so no new field ever makes an event invalid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from schemas.fields import Id, PushDateTime, parse_push_datetime
+
+CONVERSATION_TYPES = ("chat", "call", "video")
+
+
+class _Base(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class DatetimeSchema(_Base):
+    created = PushDateTime(required=True)
+    sent = PushDateTime(required=True)
+
+
+class OperatorParameters(_Base):
+    operator_id = Id(required=True)
+
+
+class ConversationEndParameters(_Base):
+    conversation_id = Id(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(CONVERSATION_TYPES))
+    operator_id = Id(required=True)
+    website_id = Id(required=True)
+    group_id = Id(required=True)
+
+
+class ConversationStartParameters(ConversationEndParameters):
+    custom_data = fields.Dict(load_default=None, allow_none=True)
+
+
+def _event_schema(parameters: type[Schema]) -> Schema:
+    cls = type(
+        f"{parameters.__name__.removesuffix('Parameters')}Event",
+        (_Base,),
+        {
+            "name": fields.String(required=True),
+            "datetime": fields.Nested(DatetimeSchema, required=True),
+            "parameters": fields.Nested(parameters, required=True),
+        },
+    )
+    return cls()
+
+
+EVENT_SCHEMAS: dict[str, Schema] = {
+    "operator.login": _event_schema(OperatorParameters),
+    "operator.logout": _event_schema(OperatorParameters),
+    "conversation.start": _event_schema(ConversationStartParameters),
+    "conversation.end": _event_schema(ConversationEndParameters),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    created: dt.datetime
+    sent: dt.datetime
+    parameters: dict[str, Any]
+
+
+def _flatten(messages: Any, path: str = "") -> list[str]:
+    if isinstance(messages, dict):
+        out = []
+        for key, value in messages.items():
+            out += _flatten(value, f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [f"{path}: {' '.join(messages)}"]
+    return [f"{path}: {messages}"]
+
+
+def load_event(schema: Schema, body: dict[str, Any]) -> Event:
+    """Typed event, or ValidationError whose message names each bad field."""
+    try:
+        data = schema.load(body)
+    except ValidationError as exc:
+        raise ValidationError("; ".join(sorted(_flatten(exc.messages)))) from None
+    return Event(data["name"], data["datetime"]["created"], data["datetime"]["sent"], data["parameters"])
+
+
+def peek_datetime(body: dict[str, Any], which: str) -> dt.datetime | None:
+    """Best-effort time of an event that is not (or cannot be) loaded."""
+    stamp = body.get("datetime")
+    try:
+        return parse_push_datetime(stamp.get(which)) if isinstance(stamp, dict) else None
+    except ValueError:
+        return None

@@ -1,0 +1,64 @@
+"""Field types shared by the event schemas."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import re
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo
+
+from marshmallow import ValidationError, fields
+
+_PUSH_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+_BIGINT = 2**63
+
+_timezone: contextvars.ContextVar[dt.tzinfo] = contextvars.ContextVar("push_timezone", default=dt.UTC)
+
+
+@contextlib.contextmanager
+def push_timezone(tz: dt.tzinfo | str) -> Iterator[None]:
+    """The zone in which naive `YYYY-MM-DD HH:MM:SS` datetimes are read."""
+    token = _timezone.set(ZoneInfo(tz) if isinstance(tz, str) else tz)
+    try:
+        yield
+    finally:
+        _timezone.reset(token)
+
+
+def parse_push_datetime(value: object) -> dt.datetime:
+    """iAdvize's `YYYY-MM-DD HH:MM:SS` (in PUSH_TIMEZONE), or ISO 8601 with an offset."""
+    if not isinstance(value, str):
+        raise ValidationError("Not a datetime string.")
+    if _PUSH_FORMAT.match(value):
+        naive = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+        return naive.replace(tzinfo=_timezone.get())
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("Not a datetime: expected 'YYYY-MM-DD HH:MM:SS' or ISO 8601 with an offset.") from None
+    if parsed.tzinfo is None:
+        raise ValidationError("ISO 8601 datetimes need an offset (e.g. +02:00 or Z).")
+    return parsed
+
+
+class PushDateTime(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_push_datetime(value)
+        except ValueError as exc:  # strptime range errors, e.g. month 13
+            if isinstance(exc, ValidationError):
+                raise
+            raise ValidationError(f"Not a valid datetime: {exc}.") from None
+
+
+class Id(fields.Field):
+    """A platform id: a JSON integer that fits PostgreSQL's bigint."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Must be an integer.")
+        if not -_BIGINT <= value < _BIGINT:
+            raise ValidationError("Integer out of range (64-bit).")
+        return value

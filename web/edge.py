@@ -1,0 +1,80 @@
+"""The checks a push passes before it is queued: pure functions over bytes.
+
+Field-level validation is the workers' job; here we only make sure that what
+we queue is one storable JSON object with a string `name`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 32
+
+
+class BadBody(ValueError):
+    """The body cannot be accepted; the message says why (400)."""
+
+
+def _no_constants(token: str) -> Any:
+    # json accepts NaN/Infinity, which are not JSON and which jsonb refuses.
+    raise BadBody(f"body is not valid JSON: {token} is not a JSON value")
+
+
+def _check_tree(root: Any, check_strings: bool) -> None:
+    """Depth limit, and (when the body has \\u escapes) strings jsonb can store."""
+    stack = [(root, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_DEPTH:
+                raise BadBody(f"body is nested deeper than {MAX_DEPTH} levels")
+            for key, item in value.items():
+                if check_strings:
+                    _check_string(key)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_DEPTH:
+                raise BadBody(f"body is nested deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value)
+        elif check_strings and isinstance(value, str):
+            _check_string(value)
+
+
+def _check_string(text: str) -> None:
+    if "\x00" in text:
+        raise BadBody("body contains \\u0000, which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadBody("body contains an unpaired UTF-16 surrogate escape") from None
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object with a string `name`, or BadBody."""
+    if not body:
+        raise BadBody("body is empty: expected one JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadBody("body is not UTF-8") from None
+    try:
+        # Duplicate keys: the last one wins, as in most JSON parsers.
+        obj = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise BadBody(f"body is nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise BadBody(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise BadBody("body must be a JSON object")
+    _check_tree(obj, check_strings=b"\\u" in body)
+    if not isinstance(obj.get("name"), str):
+        raise BadBody("body has no string 'name'")
+    return obj
+
+
+def is_json_content_type(value: str | None) -> bool:
+    if not value:
+        return False
+    mimetype = value.split(";", 1)[0].strip().lower()
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))

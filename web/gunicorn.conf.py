@@ -1,0 +1,31 @@
+"""gunicorn settings for the web tier (`pushline web`)."""
+
+import multiprocessing
+import os
+import re
+
+from gunicorn.glogging import Logger
+
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+worker_class = "sync"
+# SIGTERM: stop accepting, finish in-flight requests, then exit.
+graceful_timeout = 30
+timeout = 30
+accesslog = "-" if os.environ.get("PUSHLINE_ACCESS_LOG", "1") == "1" else None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+_TOKEN_IN_PATH = re.compile(r"(/push/)[^\s/?]+")
+
+
+class RedactingLogger(Logger):
+    """The push token is in the URL path: never write it to a log."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "U", "R"):
+            if key in atoms and isinstance(atoms[key], str):
+                atoms[key] = _TOKEN_IN_PATH.sub(r"\1<redacted>", atoms[key])
+        return atoms
+
+
+logger_class = RedactingLogger

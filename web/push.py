@@ -1,0 +1,74 @@
+"""POST /push/<token> and POST /push (Bearer): the ack path.
+
+Authenticate, check the edge, queue the raw body, answer 202 only once Redis
+has taken it. The business tables are never touched here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+
+import redis
+from flask import Blueprint, jsonify, request
+
+from pushline.config import Token
+from pushline.envelope import Envelope
+from web import services
+from web.edge import BadBody, is_json_content_type, parse_body
+from web.errors import PushError
+
+bp = Blueprint("push", __name__)
+
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+def _source_for(given: str | None, tokens: tuple[Token, ...]) -> str | None:
+    """Constant-time match against every active token (several allow rotation)."""
+    given_bytes = (given or "").encode()
+    match = None
+    for token in tokens:
+        if hmac.compare_digest(given_bytes, token.secret.encode()) and match is None:
+            match = token.source
+    return match
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PushError(413, f"body is larger than {limit} bytes")
+    # Chunked bodies have no length: read at most one byte past the limit.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PushError(413, f"body is larger than {limit} bytes")
+    return body
+
+
+@bp.post("/push/<token>")
+@bp.post("/push", defaults={"token": None})
+def push(token: str | None):
+    settings = services.settings()
+    if token is None:
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        token = bearer.strip() if scheme.lower() == "bearer" else None
+    source = _source_for(token, settings.tokens)
+    if source is None:
+        raise PushError(401, "missing or invalid push token")
+    if not is_json_content_type(request.headers.get("Content-Type")):
+        raise PushError(415, "Content-Type must be application/json (XML is not supported)")
+    body = _read_body(settings.max_body_bytes)
+    try:
+        parse_body(body)
+    except BadBody as exc:
+        raise PushError(400, str(exc)) from None
+
+    receipt_id = uuid.uuid4().hex
+    envelope = Envelope(receipt_id, source, time.time(), body).encode()
+    try:
+        depth = services.queue().push(envelope, settings.queue_high_water)
+    except redis.RedisError:
+        raise PushError(503, "event queue is unavailable; retry later", RETRY_AFTER) from None
+    if depth < 0:
+        raise PushError(503, "event queue is full; retry later", RETRY_AFTER)
+    return jsonify(id=receipt_id), 202

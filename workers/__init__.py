@@ -1,0 +1,1 @@
+"""The worker tier: a Celery worker whose consumer drains the event queue."""

@@ -1,0 +1,113 @@
+"""The worker's consumer: claim a batch, store it, acknowledge it; forever.
+
+Runs inside the Celery worker (see workers.celery_app). Events are not Celery
+messages: one message per event costs more than the event's own work, and
+kombu's Redis transport can lose a message taken by BRPOP before it is
+recorded as unacked. Instead each loop claims up to PUSHLINE_BATCH_SIZE events
+from the reliable queue (pushline.queue) and writes them in one transaction.
+
+This class owns the plumbing, so handlers stay plain functions: the database
+connection, the transaction, retries with backoff, lease upkeep and counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+
+import redis
+
+from pushline.config import Settings
+from pushline.db import TRANSIENT_ERRORS, connect
+from pushline.queue import Batch, EventQueue
+from workers.batch import process_items
+from workers.registry import Registry
+
+log = logging.getLogger(__name__)
+
+RECLAIM_EVERY = 5.0  # seconds between sweeps for batches of dead workers
+MAX_BACKOFF = 15.0
+
+
+class DrainLoop:
+    def __init__(self, settings: Settings, registry: Registry, name: str = "worker"):
+        self.settings = settings
+        self.registry = registry
+        self.name = name
+        self.stopping = threading.Event()
+        self.counts: Counter = Counter()
+        self._conn = None
+        self._queue: EventQueue | None = None
+        self._next_reclaim = 0.0
+
+    # -- resources, made lazily and dropped on failure -------------------
+    @property
+    def queue(self) -> EventQueue:
+        if self._queue is None:
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=2)
+            self._queue = EventQueue(client, self.settings.queue_prefix, self.settings.lease_seconds)
+        return self._queue
+
+    @property
+    def conn(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # already broken; nothing to release
+                self._conn.close()
+        self._conn = None
+
+    # -- the loop --------------------------------------------------------
+    def run(self) -> None:
+        failures = 0
+        log.info("drain loop started", extra={"worker": self.name})
+        while not self.stopping.is_set():
+            try:
+                self.step()
+                failures = 0
+            except (redis.RedisError, *TRANSIENT_ERRORS) as exc:
+                failures += 1
+                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 6))
+                log.warning("transient failure, retrying in %.1fs: %s: %s", delay, type(exc).__name__, exc)
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    self._drop_connection()
+                self.stopping.wait(delay)
+        self._drop_connection()
+        log.info("drain loop stopped", extra={"worker": self.name})
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def step(self, block_seconds: float = 1.0) -> int:
+        """Claim and store one batch; returns the number of items handled."""
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_EVERY
+            moved = self.queue.reclaim()
+            if moved:
+                log.warning("returned %d events of expired leases to the queue", moved)
+        batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds)
+        if batch is None:
+            return 0
+        self.store(batch)
+        return len(batch.items)
+
+    def store(self, batch: Batch) -> None:
+        try:
+            counts = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo)
+        except BaseException:
+            # Hand the batch back at once rather than after its lease expires.
+            try:
+                self.queue.release(batch)
+            except redis.RedisError:
+                log.warning("could not release batch %s; its lease will return it", batch.id)
+            raise
+        self.queue.ack(batch)
+        self.counts.update(counts)
+        self.counts["items"] += len(batch.items)

@@ -1,0 +1,59 @@
+"""Handlers keyed by event name.
+
+Adding an event is one decorated function: `@registry.handles("x.y")`. A
+handler receives every newly stored event of its names in a batch, with a
+cursor inside the batch's transaction, and applies them with set-based SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema
+
+from schemas import EVENT_SCHEMAS
+from schemas.events import Event
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int  # events.id
+    key: str  # events.event_key
+    event: Event
+
+
+Apply = Callable[[Any, list[StoredEvent]], None]
+
+
+@dataclass(frozen=True)
+class Handler:
+    apply: Apply
+    schema: Schema
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def handles(self, *names: str, schemas: dict[str, Schema] = EVENT_SCHEMAS) -> Callable[[Apply], Apply]:
+        def register(apply: Apply) -> Apply:
+            for name in names:
+                if name in self._handlers:
+                    raise ValueError(f"a handler for {name!r} is already registered")
+                if name not in schemas:
+                    raise ValueError(f"no schema describes event {name!r}")
+                self._handlers[name] = Handler(apply, schemas[name])
+            return apply
+
+        return register
+
+    def get(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
+    def names(self) -> Iterable[str]:
+        return sorted(self._handlers)
+
+
+registry = Registry()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import secrets
 import shutil
@@ -105,10 +106,37 @@ class Embedded:
         self.children.clear()
 
 
-def _pg_bin(name: str) -> str:
-    import pgserver._commands as commands
+def _pg_install() -> Path:
+    # Located without importing pgserver, whose import has side effects.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pgserver is not installed: run `make venv`")
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall"
 
-    return str(commands.POSTGRES_BIN_PATH / name)
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_install() / "bin" / name)
+
+
+def _prepare_unprivileged_user(base: Path) -> None:
+    """PostgreSQL refuses to run as root: run it as PG_USER, who must reach
+    the binaries and var/."""
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_USER],
+                       check=True, capture_output=True)
+    for path in (base, _pg_install()):
+        for parent in [path, *path.parents]:
+            parent.chmod(parent.stat().st_mode | 0o055)
+    for dirpath, _dirs, files in os.walk(_pg_install()):
+        Path(dirpath).chmod(Path(dirpath).stat().st_mode | 0o055)
+        for name in files:
+            f = Path(dirpath) / name
+            mode = f.stat().st_mode
+            f.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
 
 
 def start_postgres(emb: Embedded, port: int) -> str:
@@ -120,17 +148,7 @@ def start_postgres(emb: Embedded, port: int) -> str:
     if not port_open(port):
         root = os.geteuid() == 0
         if root:
-            import stat
-
-            import pgserver._commands as commands
-            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-
-            ensure_user_exists(PG_USER)
-            ensure_prefix_permissions(base)
-            ensure_prefix_permissions(commands.POSTGRES_BIN_PATH)
-            readable = stat.S_IRGRP | stat.S_IROTH
-            ensure_folder_permissions(commands.POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-            ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+            _prepare_unprivileged_user(base)
         if not (data / "PG_VERSION").exists():
             if data.exists():
                 shutil.rmtree(data)

@@ -76,7 +76,10 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     if isinstance(messages, dict):
         out = []
         for key, value in messages.items():
-            out += _flatten(value, f"{path}.{key}" if path else str(key))
+            if key == "_schema":  # marshmallow's name for "the object itself"
+                out += _flatten(value, path or "body")
+            else:
+                out += _flatten(value, f"{path}.{key}" if path else str(key))
         return out
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         return [f"{path}: {' '.join(messages)}"]
@@ -97,5 +100,5 @@ def peek_datetime(body: dict[str, Any], which: str) -> dt.datetime | None:
     stamp = body.get("datetime")
     try:
         return parse_push_datetime(stamp.get(which)) if isinstance(stamp, dict) else None
-    except ValueError:
+    except (ValidationError, ValueError):
         return None

@@ -32,17 +32,19 @@ class Incoming:
     error: str | None = None
     event: Event | None = None
     handler: Handler | None = field(default=None, repr=False)
+    # Times as read in PUSH_TIMEZONE, best effort for events that did not load.
+    created_at: dt.datetime | None = None
+    sent_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        source = self.event
+        self.created_at = source.created if source else peek_datetime(self._dict(), "created")
+        self.sent_at = source.sent if source else peek_datetime(self._dict(), "sent")
 
     @property
     def name(self) -> str:
         name = self.body.get("name") if isinstance(self.body, dict) else None
         return name if isinstance(name, str) else "?"
-
-    def created_at(self) -> dt.datetime | None:
-        return self.event.created if self.event else peek_datetime(self._dict(), "created")
-
-    def sent_at(self) -> dt.datetime | None:
-        return self.event.sent if self.event else peek_datetime(self._dict(), "sent")
 
     def _dict(self) -> dict:
         return self.body if isinstance(self.body, dict) else {}

@@ -46,7 +46,7 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
     rows = []
     for key, receipts in groups.items():
         first = receipts[0]
-        rows.append((key, first.source, first.name, first.created_at(), first.sent_at(), first.received_at,
+        rows.append((key, first.source, first.name, first.created_at, first.sent_at, first.received_at,
                      len(receipts), Json(first.body), first.status, first.error))
     execute_values(cur, _INSERT_EVENTS, rows, page_size=len(rows))
     ids = dict((key, event_id) for event_id, key in cur.fetchall())

@@ -1,0 +1,132 @@
+"""Through real processes: gunicorn serving the web tier, a Celery worker draining."""
+
+from __future__ import annotations
+
+import http.client as httplib
+import json
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+
+from tests import http_client as http
+from tests.conftest import TOKEN, query, wait_for
+from tests.test_schemas import fixture
+
+pytestmark = pytest.mark.slow
+
+SEED = ("operator.login", "operator.logout", "conversation.start", "conversation.end")
+
+
+def push(base: str, body, token: str = TOKEN, **kw):
+    return http.post_json(f"{base}/push/{token}", body, **kw)
+
+
+def processed_count(db) -> int:
+    return query(db, "SELECT count(*) FROM events")[0][0]
+
+
+def test_seed_examples_end_as_the_right_rows(pipeline, db):
+    for name in SEED:
+        resp = push(pipeline, open_fixture(name))
+        assert resp.status == 202, resp.body
+        assert len(resp.json()["id"]) == 32
+    wait_for(lambda: processed_count(db) == 4, what="4 events stored")
+    assert query(db, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 4)]
+    assert query(db, "SELECT conversation_id, type, started_at::text, ended_at::text, duration_seconds"
+                     " FROM conversations") == [(1, "chat", "2014-01-01 00:00:00+00", "2014-01-01 00:00:00+00", 0)]
+    assert query(db, "SELECT operator_id, login_at::text, logout_at::text, duration_seconds FROM operator_sessions") \
+        == [(1, "2014-01-01 00:00:00+00", "2014-01-01 00:00:00+00", 0)]
+
+
+def open_fixture(name: str) -> bytes:
+    """The fixture file's own bytes, whitespace and all, as iAdvize would send them."""
+    from tests.test_schemas import FIXTURES
+
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def test_seed_start_as_printed_is_rejected_and_unknown_name_unhandled(pipeline, db):
+    assert push(pipeline, open_fixture("conversation.start.as-printed")).status == 202
+    assert push(pipeline, {"name": "operator.pause", "datetime": {"created": "2014-01-01 00:00:00"},
+                           "parameters": {"operator_id": 1}}).status == 202
+    wait_for(lambda: processed_count(db) == 2, what="2 events stored")
+    rows = dict((n, (s, e)) for n, s, e in query(db, "SELECT name, status, error FROM events"))
+    assert rows["conversation.start"][0] == "rejected"
+    assert "type" in rows["conversation.start"][1]
+    assert rows["operator.pause"][0] == "unhandled"
+
+
+def test_same_event_twice_with_other_sent_is_one_row_with_two_deliveries(pipeline, db):
+    first = fixture("conversation.end")
+    second = fixture("conversation.end")
+    second["datetime"]["sent"] = "2014-01-01 00:05:00"
+    assert push(pipeline, first).status == 202
+    assert push(pipeline, second).status == 202
+    wait_for(lambda: query(db, "SELECT deliveries FROM events") == [(2,)], what="deliveries = 2")
+    assert query(db, "SELECT count(*), min(ended_at)::text FROM conversations") == [(1, "2014-01-01 00:00:00+00")]
+
+
+@pytest.mark.parametrize(
+    "status, body, headers, token, words",
+    [
+        (400, b"{", {}, TOKEN, "not valid JSON"),
+        (400, b"[" * 10_000 + b"]" * 10_000, {}, TOKEN, "deeper"),
+        (400, b"\xff\xfe", {}, TOKEN, "UTF-8"),
+        (400, b"", {}, TOKEN, "empty"),
+        (401, b'{"name": "x"}', {}, "wrong-token-0000000000", "token"),
+        (415, b"<event/>", {"Content-Type": "application/xml"}, TOKEN, "XML"),
+    ],
+)
+def test_edge_errors_through_gunicorn(pipeline, status, body, headers, token, words):
+    resp = http.request("POST", f"{pipeline}/push/{token}", body,
+                        {"Content-Type": "application/json", **headers})
+    assert resp.status == status
+    assert words in resp.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_413_through_gunicorn(pipeline):
+    parts = urlsplit(pipeline)
+    conn = httplib.HTTPConnection(parts.hostname, parts.port, timeout=10)
+
+    def chunks():
+        yield b'{"name": "x", "pad": "'
+        for _ in range(80):
+            yield b"y" * 1024
+        yield b'"}'
+
+    conn.request("POST", f"/push/{TOKEN}", body=chunks(), headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert "larger than" in json.loads(resp.read())["error"]
+    conn.close()
+
+
+def test_health_and_readiness_through_gunicorn(pipeline):
+    assert http.get(f"{pipeline}/healthz").status == 200
+    assert http.get(f"{pipeline}/readyz").status == 200
+
+
+def test_token_is_not_in_the_access_log(pipeline, tmp_path_factory):
+    push(pipeline, {"name": "x"})
+    logs = list(tmp_path_factory.getbasetemp().glob("pipeline*/web-*.log"))
+    assert logs
+    text = "".join(p.read_text() for p in logs)
+    assert "/push/<redacted>" in text
+    assert TOKEN not in text
+
+
+def test_analyst_role_can_read_but_not_write(settings, db):
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET ROLE analyst")
+            cur.execute("SELECT count(*) FROM conversations")
+            cur.execute("SELECT * FROM operator_daily")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("INSERT INTO conversations (conversation_id, type, operator_id, website_id, group_id,"
+                            " started_at, attrs_from, attrs_created_at, attrs_event_key)"
+                            " VALUES (1, 'chat', 1, 1, 1, now(), 'start', now(), 'k')")
+    finally:
+        conn.close()

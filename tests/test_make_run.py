@@ -1,0 +1,83 @@
+"""`make run` as a newcomer runs it: embedded servers, a printed URL, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from tests import http_client as http
+from tests.conftest import ROOT, free_port, wait_for
+from tests.test_schemas import fixture
+
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_make_run_serves_a_push_and_ctrl_c_leaves_no_process(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "PUSH_TOKENS", "MAKEFLAGS", "MFLAGS")}
+    env.update(PUSHLINE_VAR=str(tmp_path / "var"), PORT=str(free_port()),
+               PUSHLINE_PG_PORT=str(free_port()), PUSHLINE_REDIS_PORT=str(free_port()))
+    out = tmp_path / "make-run.log"
+    with open(out, "wb") as log:
+        make = subprocess.Popen(["make", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        line = wait_for(lambda: next((ln for ln in out.read_text().splitlines() if "Callback URL:" in ln), None)
+                        or (make.poll() is not None and pytest.fail(out.read_text())),
+                        timeout=240, what="make run to print the callback URL")
+        url = line.split("Callback URL:")[1].strip()
+        db_line = next(ln for ln in out.read_text().splitlines() if "Database (psql):" in ln)
+        db_url = db_line.split("Database (psql):")[1].strip()
+        token_file = tmp_path / "var" / "push-token"
+        assert url.endswith("/push/" + token_file.read_text().strip())
+
+        resp = http.post_json(url, fixture("operator.login"))
+        assert resp.status == 202, resp.body
+
+        def stored():
+            with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT name, status FROM events")
+                return cur.fetchall()
+
+        assert wait_for(stored, timeout=30, what="the event row") == [("operator.login", "processed")]
+        started = descendants(make.pid)
+        assert len(started) >= 4  # supervisor, postgres, redis, gunicorn, worker (and their children)
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        make.wait(timeout=120)
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout=30, what="every process to exit")
+        assert "pushline: stopped" in out.read_text()
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+        for pid in descendants(make.pid):
+            os.kill(pid, signal.SIGKILL)

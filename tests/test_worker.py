@@ -1,0 +1,150 @@
+"""The worker's drain loop against the real queue and database (no processes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pushline.queue import EventQueue
+from tests.conftest import query
+from tests.helpers import conversation, drain, enqueue, login, logout
+from tests.test_schemas import fixture
+from workers.drain import DrainLoop
+from workers.handlers import registry_with_handlers
+from workers.registry import Registry
+
+
+@pytest.fixture
+def loop(settings, db, rq):
+    loop = DrainLoop(settings, registry_with_handlers(), name="test")
+    yield loop
+    loop._drop_connection()
+
+
+@pytest.fixture
+def queue(loop):
+    return loop.queue
+
+
+def events(db):
+    return query(db, "SELECT name, status, error, deliveries, source FROM events ORDER BY id")
+
+
+def test_seed_examples_become_rows(loop, queue, db):
+    enqueue(queue, *(fixture(n) for n in ("operator.login", "operator.logout", "conversation.start",
+                                          "conversation.end")))
+    assert drain(loop) == 4
+    assert sorted((n, s) for n, s, *_ in events(db)) == [
+        ("conversation.end", "processed"), ("conversation.start", "processed"),
+        ("operator.login", "processed"), ("operator.logout", "processed"),
+    ]
+    [conv] = query(db, "SELECT conversation_id, type, operator_id, website_id, group_id, custom_data,"
+                       " started_at::text, ended_at::text, duration_seconds FROM conversations")
+    assert conv == (1, "chat", 1, 1, 1, {"example": "value"}, "2014-01-01 00:00:00+00", "2014-01-01 00:00:00+00", 0)
+    assert query(db, "SELECT operator_id, login_at::text, logout_at::text, duration_seconds FROM operator_sessions") \
+        == [(1, "2014-01-01 00:00:00+00", "2014-01-01 00:00:00+00", 0)]
+
+
+def test_seed_start_as_printed_is_rejected_naming_type(loop, queue, db):
+    enqueue(queue, fixture("conversation.start.as-printed"))
+    drain(loop)
+    [(name, status, error, _, _)] = events(db)
+    assert (name, status) == ("conversation.start", "rejected")
+    assert "parameters.type" in error
+    assert query(db, "SELECT count(*) FROM conversations") == [(0,)]
+
+
+def test_unknown_name_is_kept_unhandled(loop, queue, db):
+    enqueue(queue, {"name": "visitor.chat", "datetime": {"created": "2014-01-01 00:00:00"}, "parameters": {"x": 1}})
+    drain(loop)
+    [(name, status, error, _, _)] = events(db)
+    assert (name, status) == ("visitor.chat", "unhandled")
+    [(payload, created)] = query(db, "SELECT payload, created_at::text FROM events")
+    assert payload["parameters"] == {"x": 1}
+    assert created == "2014-01-01 00:00:00+00"
+
+
+def test_same_event_twice_with_other_sent_is_one_row_applied_once(loop, queue, db):
+    first = conversation("end", 7, "2014-01-01 10:00:00", sent="2014-01-01 10:00:01")
+    again = conversation("end", 7, "2014-01-01 10:00:00", sent="2014-01-01 10:00:09")
+    enqueue(queue, first)
+    drain(loop)
+    enqueue(queue, again)
+    drain(loop)
+    [(_, status, _, deliveries, _)] = events(db)
+    assert (status, deliveries) == ("processed", 2)
+    [(payload,)] = query(db, "SELECT payload FROM events")
+    assert payload["datetime"]["sent"] == "2014-01-01 10:00:01"  # as first received
+    assert query(db, "SELECT count(*) FROM conversations") == [(1,)]
+
+
+def test_duplicates_in_one_batch_count_every_receipt(loop, queue, db):
+    body = login(3, "2014-01-01 08:00:00")
+    enqueue(queue, body, body, {**body, "datetime": {**body["datetime"], "sent": "2015-01-01 00:00:00"}})
+    drain(loop)
+    assert [d for *_, d, _ in events(db)] == [3]
+    assert query(db, "SELECT count(*) FROM operator_sessions") == [(1,)]
+
+
+def test_redelivered_queue_item_is_counted_once(loop, queue, db, rq):
+    """A worker that dies after commit but before ack: the item comes back; nothing doubles."""
+    enqueue(queue, login(4, "2014-01-01 08:00:00"))
+    batch = queue.claim(10)
+    loop.store(batch)  # committed and acked
+    # Put the very same item back, as a reclaim after a lost ack would.
+    rq.rpush(queue.incoming, *batch.items)
+    drain(loop)
+    assert [d for *_, d, _ in events(db)] == [1]
+    assert query(db, "SELECT count(*) FROM receipts") == [(1,)]
+
+
+def test_source_of_the_token_is_stored(loop, queue, db):
+    enqueue(queue, login(5, "2014-01-01 08:00:00"), source="paris")
+    drain(loop)
+    assert [s for *_, s in events(db)] == ["paris"]
+
+
+def test_unknown_fields_are_kept_in_payload_and_ignored(loop, queue, db):
+    body = conversation("start", 9, "2014-01-01 08:00:00", visitor={"lang": "fr"})
+    body["extra"] = True
+    enqueue(queue, body)
+    drain(loop)
+    [(status, payload)] = query(db, "SELECT status, payload FROM events")
+    assert status == "processed"
+    assert payload["parameters"]["visitor"] == {"lang": "fr"} and payload["extra"] is True
+
+
+def test_poison_event_is_rejected_and_the_rest_of_its_batch_is_processed(settings, db, rq):
+    registry = Registry()
+    from workers.handlers import conversations, operators
+
+    registry.handles("operator.login", "operator.logout")(operators.apply)
+
+    @registry.handles("conversation.start", "conversation.end")
+    def explode_on_13(cur, events):
+        if any(e.event.parameters["conversation_id"] == 13 for e in events):
+            raise RuntimeError("boom on 13")
+        conversations.apply(cur, events)
+
+    loop = DrainLoop(settings, registry, name="poison")
+    enqueue(loop.queue, conversation("start", 12, "2014-01-01 08:00:00"),
+            conversation("start", 13, "2014-01-01 08:00:00"), login(1, "2014-01-01 08:00:00"))
+    drain(loop)
+    loop._drop_connection()
+    rows = dict(((json.loads(json.dumps(p))["parameters"].get("conversation_id"), s), e) for p, s, e in
+                query(db, "SELECT payload, status, error FROM events"))
+    assert set(rows) == {(12, "processed"), (13, "rejected"), (None, "processed")}
+    assert "boom on 13" in rows[(13, "rejected")]
+    assert query(db, "SELECT conversation_id FROM conversations") == [(12,)]
+    assert EventQueue(rq, settings.queue_prefix).depth() == 0
+
+
+def test_invalid_event_does_not_block_valid_ones_in_its_batch(loop, queue, db):
+    enqueue(queue, conversation("start", 20, "2014-01-01 08:00:00", type_="fax"),
+            conversation("start", 21, "2014-01-01 08:00:00"), logout(2, "not a date"))
+    drain(loop)
+    statuses = sorted((s, e or "") for _, s, e, _, _ in events(db))
+    assert statuses[0] == ("processed", "")
+    assert statuses[1][0] == "rejected" and "datetime.created" in statuses[1][1]
+    assert statuses[2][0] == "rejected" and "parameters.type" in statuses[2][1]

@@ -1,0 +1,43 @@
+"""The commands ops run: make web / make migrate refuse or succeed as documented."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, query
+
+
+def run_make(target: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "REDIS_URL", "PUSH_TOKENS", "MAKEFLAGS", "MFLAGS")}
+    base.update(env)
+    return subprocess.run(["make", "--no-print-directory", target], cwd=ROOT, env=base, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_make_web_without_tokens_refuses_with_one_line(settings, tmp_path):
+    result = run_make("web", PUSH_TOKENS="", DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
+                      PUSHLINE_VAR=str(tmp_path))
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("pushline:")]
+    assert len(lines) == 1 and "PUSH_TOKENS" in lines[0]
+
+
+@pytest.mark.slow
+def test_make_migrate_is_idempotent(settings, db):
+    first = run_make("migrate", DATABASE_URL=settings.database_url)
+    second = run_make("migrate", DATABASE_URL=settings.database_url)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "none pending" in second.stdout
+    assert query(db, "SELECT count(*) FROM _yoyo_migration")[0][0] >= 3
+
+
+@pytest.mark.slow
+def test_make_help_lists_the_commands():
+    out = run_make("help").stdout
+    for target in ("run", "test", "web", "worker", "migrate", "bench", "lint"):
+        assert f"make {target} " in out

@@ -217,3 +217,21 @@ def pipeline(database_url, redis_url, tmp_path_factory):
     yield base
     web.stop()
     worker.stop()
+
+
+
+# Property tests are bounded in `make test`; `--thorough` multiplies their examples by 20.
+THOROUGH = {"factor": 1}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--thorough", action="store_true", help="run property tests with 20x more examples")
+
+
+def pytest_configure(config):
+    if config.getoption("--thorough"):
+        THOROUGH["factor"] = 20
+
+
+def examples(n: int) -> int:
+    return n * THOROUGH["factor"]

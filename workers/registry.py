@@ -8,7 +8,7 @@ cursor inside the batch's transaction, and applies them with set-based SQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import Schema
@@ -29,8 +29,9 @@ Apply = Callable[[Any, list[StoredEvent]], None]
 
 @dataclass(frozen=True)
 class Handler:
-    apply: Apply
-    schema: Schema
+    apply: Apply = field(compare=False)
+    schema: Schema = field(compare=False)
+    name: str = ""  # module.function of `apply`; handlers compare and sort by it
 
 
 class Registry:
@@ -44,7 +45,7 @@ class Registry:
                     raise ValueError(f"a handler for {name!r} is already registered")
                 if name not in schemas:
                     raise ValueError(f"no schema describes event {name!r}")
-                self._handlers[name] = Handler(apply, schemas[name])
+                self._handlers[name] = Handler(apply, schemas[name], f"{apply.__module__}.{apply.__qualname__}")
             return apply
 
         return register

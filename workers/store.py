@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 from psycopg2.extras import Json, execute_values
 
 from workers.intake import Incoming
-from workers.registry import StoredEvent
+from workers.registry import Handler, StoredEvent
 
 _INSERT_EVENTS = """
 INSERT INTO events (event_key, source, name, created_at, sent_at, received_at, deliveries, payload, status, error)
@@ -69,16 +68,31 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
             first = groups[key][0]
             updates.append((event_id, fresh[event_id], first.received_at, first.source, Json(first.body)))
     if updates:
+        # Row locks in id order first: UPDATE ... FROM may visit rows in any order,
+        # and two batches updating the same events must not lock them crosswise.
+        # NO KEY UPDATE (what the UPDATE takes anyway) does not conflict with the
+        # KEY SHARE locks that other batches' receipts take through their foreign key.
+        cur.execute("SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+                    ([u[0] for u in updates],))
         execute_values(cur, _COUNT_RECEIPTS, updates,
                        template="(%s::bigint, %s::int, %s::timestamptz, %s::text, %s::jsonb)", page_size=len(updates))
 
     counts: dict[str, int] = defaultdict(int)
-    by_handler: dict[Any, list[StoredEvent]] = defaultdict(list)
+    stored = []
     for key in sorted(new_keys):
         first = groups[key][0]
         counts[first.status] += 1
         if first.status == "processed":
-            by_handler[first.handler.apply].append(StoredEvent(ids[key], key, first.event))
-    for apply, stored in by_handler.items():
-        apply(cur, stored)
+            stored.append((first.handler, StoredEvent(ids[key], key, first.event)))
+    apply_handlers(cur, stored)
     return dict(counts)
+
+
+def apply_handlers(cur, stored: list[tuple[Handler, StoredEvent]]) -> None:
+    """Each handler once with all its events, handlers always in the same order
+    (by name) so that concurrent batches take their locks in one order."""
+    by_handler: dict[Handler, list[StoredEvent]] = defaultdict(list)
+    for handler, event in stored:
+        by_handler[handler].append(event)
+    for handler in sorted(by_handler, key=lambda h: h.name):
+        handler.apply(cur, by_handler[handler])

@@ -1,0 +1,159 @@
+"""CONTRACT 5, rule by rule: each example is stored in several orders and
+batchings through the real drain loop, and must give the rows the rule says
+(and the oracle agrees)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from tests import oracle
+from tests.conftest import query
+from tests.helpers import conversation, drain, enqueue, login, logout
+from workers.drain import DrainLoop
+from workers.handlers import registry_with_handlers
+
+
+def T(hms: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(f"2014-01-01T{hms}+00:00")
+
+
+def t(hms: str) -> str:
+    return f"2014-01-01 {hms}"
+
+
+def orders(events: list[dict]):
+    """All in one batch, one per batch forwards and backwards, and shuffles."""
+    yield "one-batch", [events]
+    yield "forwards", [[e] for e in events]
+    yield "backwards", [[e] for e in reversed(events)]
+    rng = random.Random(len(events))
+    for n in range(3):
+        shuffled = events[:]
+        rng.shuffle(shuffled)
+        cut = rng.randrange(1, len(events) + 1)
+        yield f"shuffle-{n}", [shuffled[:cut], shuffled[cut:]]
+
+
+@pytest.fixture
+def store(settings, db, rq):
+    loop = DrainLoop(settings, registry_with_handlers(), name="semantics")
+
+    def run(events: list[dict]):
+        results = []
+        for label, batches in orders(events):
+            with db.cursor() as cur:
+                cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events")
+            for batch in batches:
+                if batch:
+                    enqueue(loop.queue, *batch)
+                    drain(loop)
+            results.append((label, oracle.read_tables(db)))
+        return results
+
+    yield run
+    loop._drop_connection()
+
+
+def assert_sessions(store, events, expected):
+    assert oracle.operator_sessions(events) == sorted(expected, key=oracle.session_order)
+    for label, (_, sessions) in store(events):
+        assert sessions == sorted(expected, key=oracle.session_order), label
+
+
+def test_each_login_opens_a_session_closed_by_the_first_logout(store):
+    events = [login(1, t("09:00:00")), logout(1, t("10:00:00")), login(1, t("11:00:00")), logout(1, t("12:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), T("10:00:00")), (1, T("11:00:00"), T("12:00:00"))])
+
+
+def test_a_logout_received_before_its_login_still_closes_it(store):
+    events = [logout(1, t("10:00:00")), login(1, t("09:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), T("10:00:00"))])
+
+
+def test_a_missed_logout_leaves_logout_at_null_when_the_next_login_comes_first(store):
+    events = [login(1, t("09:00:00")), login(1, t("11:00:00")), logout(1, t("12:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), None), (1, T("11:00:00"), T("12:00:00"))])
+
+
+def test_a_logout_that_closes_nothing_is_a_row_without_login(store):
+    events = [logout(1, t("08:00:00")), login(1, t("09:00:00")), logout(1, t("10:00:00")), logout(1, t("10:30:00"))]
+    assert_sessions(store, events, [(1, None, T("08:00:00")), (1, T("09:00:00"), T("10:00:00")),
+                                    (1, None, T("10:30:00"))])
+
+
+def test_login_and_logout_at_the_same_time_with_no_open_session_is_a_zero_length_session(store):
+    events = [login(1, t("09:00:00")), logout(1, t("09:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), T("09:00:00"))])
+
+
+def test_login_and_logout_at_the_same_time_with_a_session_open_closes_the_open_one(store):
+    events = [login(1, t("08:00:00")), login(1, t("09:00:00")), logout(1, t("09:00:00"))]
+    assert_sessions(store, events, [(1, T("08:00:00"), T("09:00:00")), (1, T("09:00:00"), None)])
+
+
+def test_a_late_login_splits_a_session_it_falls_inside(store):
+    events = [login(1, t("09:00:00")), logout(1, t("12:00:00")), login(1, t("10:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), None), (1, T("10:00:00"), T("12:00:00"))])
+
+
+def test_operators_are_paired_independently(store):
+    events = [login(1, t("09:00:00")), login(2, t("09:30:00")), logout(1, t("10:00:00")), logout(2, t("11:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), T("10:00:00")), (2, T("09:30:00"), T("11:00:00"))])
+
+
+def test_duplicates_of_an_event_count_once_in_pairing(store):
+    events = [login(1, t("09:00:00")), login(1, t("09:00:00"), sent=t("09:00:05")), logout(1, t("10:00:00"))]
+    assert_sessions(store, events, [(1, T("09:00:00"), T("10:00:00"))])
+
+
+START = dict(type_="chat", op=5, website=6, group=7, custom_data={"k": "v"})
+END = dict(type_="call", op=8, website=9, group=10)
+
+
+def conv_rows(store, events):
+    expected = oracle.conversations(events)
+    for label, (convs, _) in store(events):
+        assert convs == expected, label
+    return expected
+
+
+def test_conversation_end_before_its_start_gives_start_attributes_and_both_times(store):
+    rows = conv_rows(store, [conversation("end", 1, t("10:05:00"), **END),
+                             conversation("start", 1, t("10:00:00"), **START)])
+    assert rows[1] == {"type": "chat", "operator_id": 5, "website_id": 6, "group_id": 7, "custom_data": {"k": "v"},
+                       "started_at": T("10:00:00"), "ended_at": T("10:05:00"), "duration_seconds": 300.0}
+
+
+def test_conversation_with_only_an_end_takes_the_end_attributes(store):
+    rows = conv_rows(store, [conversation("end", 2, t("10:05:00"), **END)])
+    assert rows[2]["type"] == "call" and rows[2]["group_id"] == 10
+    assert rows[2]["started_at"] is None and rows[2]["duration_seconds"] is None
+
+
+def test_started_at_is_the_earliest_start_and_ended_at_the_latest_end(store):
+    rows = conv_rows(store, [conversation("start", 3, t("10:01:00"), **START),
+                             conversation("start", 3, t("10:00:00"), **START),
+                             conversation("end", 3, t("10:09:00"), **END),
+                             conversation("end", 3, t("10:10:00"), **END)])
+    assert (rows[3]["started_at"], rows[3]["ended_at"]) == (T("10:00:00"), T("10:10:00"))
+    assert rows[3]["duration_seconds"] == 600.0
+
+
+def test_conversation_with_only_a_start_has_no_duration(store):
+    rows = conv_rows(store, [conversation("start", 4, t("10:00:00"), **START)])
+    assert rows[4]["ended_at"] is None and rows[4]["duration_seconds"] is None
+
+
+def test_push_timezone_applies_to_naive_datetimes(settings, db, rq):
+    from tests.conftest import make_settings
+
+    paris = make_settings(settings.database_url, settings.redis_url, PUSH_TIMEZONE="Europe/Paris")
+    loop = DrainLoop(paris, registry_with_handlers(), name="tz")
+    enqueue(loop.queue, login(1, "2014-07-01 09:00:00"), logout(1, "2014-07-01T09:30:00+00:00"))
+    drain(loop)
+    loop._drop_connection()
+    assert query(db, "SELECT login_at, logout_at FROM operator_sessions") == [
+        (dt.datetime(2014, 7, 1, 7, tzinfo=dt.UTC), dt.datetime(2014, 7, 1, 9, 30, tzinfo=dt.UTC))]

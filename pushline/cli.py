@@ -4,7 +4,9 @@
   web       run the web tier (gunicorn) with settings from the environment
   worker    run one Celery worker with its own node name
   run       everything on one machine, with embedded servers if needed
-  stats     queue depth, claimed batches, event counts by name and status
+  stats     queue depth, oldest pending age, event counts by name and status, rejected reasons
+  replay    process rejected/unhandled events again (or a time range; --rebuild: everything)
+  prune     delete events created before a date (derived tables keep their rows)
 """
 
 from __future__ import annotations
@@ -69,6 +71,56 @@ def cmd_run(args) -> int:
     return run()
 
 
+def _when(text: str, settings: Settings):
+    """A date or datetime on the command line; naive ones are in PUSH_TIMEZONE."""
+    import datetime as dt
+
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date or ISO datetime: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=settings.tzinfo)
+
+
+def cmd_replay(args) -> int:
+    from pushline.db import connect
+    from workers.handlers import registry_with_handlers
+    from workers.replay import Selection, rebuild, replay
+
+    settings = _settings("DATABASE_URL")
+    conn = connect(settings.database_url, "pushline-replay")
+    try:
+        if args.rebuild:
+            counts = rebuild(conn, registry_with_handlers(), settings.tzinfo)
+        else:
+            statuses = None if args.all_statuses else tuple(args.status.split(","))
+            selection = Selection(
+                statuses=statuses,
+                names=tuple(args.name) if args.name else None,
+                since=_when(args.since, settings) if args.since else None,
+                until=_when(args.until, settings) if args.until else None,
+            )
+            counts = replay(conn, registry_with_handlers(), settings.tzinfo, selection)
+    finally:
+        conn.close()
+    print(json.dumps({"replayed": sum(counts.values()), "transitions": dict(sorted(counts.items()))}, indent=2))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from pushline.db import connect
+    from workers.replay import prune
+
+    settings = _settings("DATABASE_URL")
+    conn = connect(settings.database_url, "pushline-prune")
+    try:
+        deleted = prune(conn, _when(args.before, settings))
+    finally:
+        conn.close()
+    print(json.dumps({"deleted_events": deleted}))
+    return 0
+
+
 def cmd_stats(args) -> int:
     import redis
 
@@ -85,8 +137,17 @@ def cmd_stats(args) -> int:
                        GROUP BY 1 ORDER BY 2 DESC LIMIT 10""")
         reasons = [{"error": e, "events": c} for e, c in cur.fetchall()]
     conn.close()
+    oldest = queue.redis.lindex(queue.incoming, -1)
+    oldest_age = None
+    if oldest is not None:
+        import time
+
+        from pushline.envelope import Envelope
+
+        oldest_age = round(time.time() - Envelope.decode(oldest).received_at, 3)
     report = {
         "queue_depth": queue.depth(),
+        "oldest_pending_age_seconds": oldest_age,
         "claimed_batches": queue.claimed(),
         "oldest_claim_age_seconds": queue.oldest_claim_age(),
         "events": counts,
@@ -110,6 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("run", help="run everything locally").set_defaults(func=cmd_run)
     sub.add_parser("stats", help="queue and event statistics").set_defaults(func=cmd_stats)
+    replay = sub.add_parser("replay", help="process stored events again")
+    replay.add_argument("--status", default="rejected,unhandled", help="comma-separated (default: %(default)s)")
+    replay.add_argument("--all-statuses", action="store_true", help="every status (with --since/--until)")
+    replay.add_argument("--name", action="append", help="only events of this name (repeatable)")
+    replay.add_argument("--since", help="created at or after (date or ISO datetime)")
+    replay.add_argument("--until", help="created before (date or ISO datetime)")
+    replay.add_argument("--rebuild", action="store_true",
+                        help="empty conversations and operator_sessions and rebuild them from all events")
+    replay.set_defaults(func=cmd_replay)
+    prune = sub.add_parser("prune", help="retention: delete events created before a date")
+    prune.add_argument("--before", required=True, help="date or ISO datetime")
+    prune.set_defaults(func=cmd_prune)
     args = parser.parse_args(argv)
     return args.func(args)
 

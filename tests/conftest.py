@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-default-0123456789abcdef"
 PARIS_TOKEN = "tok-paris-0123456789abcdef"
 RUN_ID = uuid.uuid4().hex[:8]
+TABLES = "events, receipts, conversations, operator_sessions, operator_events, spool"
 
 
 def free_port() -> int:
@@ -120,7 +121,7 @@ def db(settings):
     conn = psycopg2.connect(settings.database_url)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events RESTART IDENTITY")
+        cur.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
     yield conn
     conn.close()
 

@@ -13,7 +13,7 @@ import pytest
 
 from pushline.envelope import Envelope
 from pushline.queue import EventQueue
-from tests.conftest import PARIS_TOKEN, TOKEN, free_port, make_settings
+from tests.conftest import PARIS_TOKEN, TOKEN, free_port, make_settings, query
 from web import create_app
 
 LOGIN = {
@@ -157,8 +157,18 @@ def test_queue_above_high_water_is_503_with_retry_after(database_url, redis_url,
     assert len(queued(settings, rq)) == 2
 
 
-def test_unreachable_redis_is_503_with_retry_after(database_url):
+def test_unreachable_redis_spools_to_postgresql_and_answers_202(database_url, db):
     settings = make_settings(database_url, f"redis://127.0.0.1:{free_port()}/0")
+    resp = post(create_app(settings).test_client(), LOGIN)
+    assert resp.status_code == 202
+    [(item,)] = query(db, "SELECT item FROM spool")
+    envelope = Envelope.decode(bytes(item))
+    assert envelope.receipt_id == resp.get_json()["id"]
+    assert json.loads(envelope.body) == LOGIN
+
+
+def test_neither_redis_nor_postgresql_is_503_with_retry_after():
+    settings = make_settings(f"postgresql://postgres@127.0.0.1:{free_port()}/x", f"redis://127.0.0.1:{free_port()}/0")
     resp = post(create_app(settings).test_client(), LOGIN)
     assert_error(resp, 503, "unavailable")
     assert int(resp.headers["Retry-After"]) > 0

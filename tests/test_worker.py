@@ -148,3 +148,16 @@ def test_invalid_event_does_not_block_valid_ones_in_its_batch(loop, queue, db):
     assert statuses[0] == ("processed", "")
     assert statuses[1][0] == "rejected" and "datetime.created" in statuses[1][1]
     assert statuses[2][0] == "rejected" and "parameters.type" in statuses[2][1]
+
+
+def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
+    from pushline.envelope import Envelope
+    from pushline.spool import spool
+
+    conn = loop.conn
+    for i, body in enumerate([login(8, "2014-01-01 08:00:00"), logout(8, "2014-01-01 09:00:00")]):
+        spool(conn, Envelope(f"spooled-{i}", "default", 1.0, json.dumps(body).encode()).encode())
+    drain(loop)
+    assert query(db, "SELECT count(*) FROM spool") == [(0,)]
+    assert query(db, "SELECT operator_id, duration_seconds FROM operator_sessions") == [(8, 3600.0)]
+    assert sorted(r[0] for r in query(db, "SELECT id FROM receipts")) == ["spooled-0", "spooled-1"]

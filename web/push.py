@@ -10,11 +10,13 @@ import hmac
 import time
 import uuid
 
+import psycopg2
 import redis
 from flask import Blueprint, jsonify, request
 
 from pushline.config import Token
 from pushline.envelope import Envelope
+from pushline.spool import spool
 from web import services
 from web.edge import BadBody, is_json_content_type, parse_body
 from web.errors import PushError
@@ -65,10 +67,28 @@ def push(token: str | None):
 
     receipt_id = uuid.uuid4().hex
     envelope = Envelope(receipt_id, source, time.time(), body).encode()
-    try:
-        depth = services.queue().push(envelope, settings.queue_high_water)
-    except redis.RedisError:
-        raise PushError(503, "event queue is unavailable; retry later", RETRY_AFTER) from None
-    if depth < 0:
-        raise PushError(503, "event queue is full; retry later", RETRY_AFTER)
+    breaker = services.breaker()
+    if breaker.closed():
+        try:
+            depth = services.queue().push(envelope, settings.queue_high_water)
+        except redis.RedisError:
+            breaker.trip()
+        else:
+            if depth < 0:
+                raise PushError(503, "event queue is full; retry later", RETRY_AFTER)
+            return jsonify(id=receipt_id), 202
+    _spool(envelope)
     return jsonify(id=receipt_id), 202
+
+
+def _spool(envelope: bytes) -> None:
+    """Redis is unreachable: commit the event to the PostgreSQL spool instead."""
+    for attempt in (1, 2):  # a connection broken since last use gets one fresh retry
+        try:
+            spool(services.spool_connection(), envelope)
+            return
+        except psycopg2.Error:
+            services.drop_spool_connection()
+            if attempt == 2:
+                break
+    raise PushError(503, "event queue is unavailable; retry later", RETRY_AFTER)

@@ -20,6 +20,7 @@ from collections import Counter
 
 import redis
 
+from pushline import spool
 from pushline.config import Settings
 from pushline.db import TRANSIENT_ERRORS, connect
 from pushline.queue import Batch, EventQueue
@@ -29,6 +30,7 @@ from workers.registry import Registry
 log = logging.getLogger(__name__)
 
 RECLAIM_EVERY = 5.0  # seconds between sweeps for batches of dead workers
+FORWARD_EVERY = 1.0  # seconds between looks at the fallback spool
 MAX_BACKOFF = 15.0
 
 
@@ -42,6 +44,7 @@ class DrainLoop:
         self._conn = None
         self._queue: EventQueue | None = None
         self._next_reclaim = 0.0
+        self._next_forward = 0.0
 
     # -- resources, made lazily and dropped on failure -------------------
     @property
@@ -87,6 +90,10 @@ class DrainLoop:
     def step(self, block_seconds: float = 1.0) -> int:
         """Claim and store one batch; returns the number of items handled."""
         now = time.monotonic()
+        if now >= self._next_forward:
+            self._next_forward = now + FORWARD_EVERY
+            while forwarded := spool.forward(self.conn, self.queue):
+                log.info("forwarded %d spooled events to the queue", forwarded)
         if now >= self._next_reclaim:
             self._next_reclaim = now + RECLAIM_EVERY
             moved = self.queue.reclaim()

@@ -236,3 +236,15 @@ def pytest_configure(config):
 
 def examples(n: int) -> int:
     return n * THOROUGH["factor"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.test_faults import REPORT
+
+    if REPORT:
+        terminalreporter.section("fault suite")
+        for row in REPORT:
+            terminalreporter.write_line(
+                f"{row['case']:<30} sent {row['sent']:>5}  202 {row['202']:>5}  stored {row['stored']:>5}"
+                f"  lost {row['lost']}  all stored {row['drain_seconds']:>5.1f} s after the fault ended,"
+                f" {row['after_last_push_seconds']:>4.1f} s after the last push")

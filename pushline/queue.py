@@ -19,13 +19,6 @@ from dataclasses import dataclass
 
 import redis
 
-# KEYS: incoming; ARGV: high water, item. Returns the new depth, or -1 when full.
-_PUSH = """
-local depth = redis.call('LLEN', KEYS[1])
-if depth >= tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], ARGV[2])
-"""
-
 # KEYS: incoming, batch, leases; ARGV: max items, lease deadline, batch id.
 # Oldest items are at the right end of `incoming`.
 _CLAIM = """
@@ -72,13 +65,24 @@ class EventQueue:
         self.incoming = f"{prefix}:incoming"
         self.leases = f"{prefix}:leases"
         self.batch_prefix = f"{prefix}:batch:"
-        self._push = client.register_script(_PUSH)
+        self._over_high_water = False
         self._claim = client.register_script(_CLAIM)
         self._reclaim = client.register_script(_RECLAIM)
 
     def push(self, item: bytes, high_water: int) -> int:
-        """Queue one envelope; returns the new depth, or -1 above high water."""
-        return int(self._push(keys=[self.incoming], args=[high_water, item]))
+        """Queue one envelope; returns the new depth, or -1 at or above high water.
+
+        One LPUSH is the whole cost while the queue is below high water; the
+        depth it returns tells when to start checking LLEN before each push.
+        The queue may thus overshoot by one event per web process.
+        """
+        if self._over_high_water:
+            if self.redis.llen(self.incoming) >= high_water:
+                return -1
+            self._over_high_water = False
+        depth = int(self.redis.lpush(self.incoming, item))
+        self._over_high_water = depth >= high_water
+        return depth
 
     def depth(self) -> int:
         return int(self.redis.llen(self.incoming))

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency figures, each beside a baseline measured in the same run."""

@@ -1,0 +1,412 @@
+"""`make bench`: the hot paths measured against baselines from the same run.
+
+Prints a table and writes bench/results.json:
+- ack path: requests/s and latency of POST /push under wrk, beside a no-op Flask POST
+  under the same gunicorn settings (the reference), and the ratio;
+- drain: events/s from a pre-filled queue into PostgreSQL with 1 and 2 worker
+  processes, beside the textbook pipeline (a Celery task and a committed upsert per
+  event), and the ratios;
+- lag: time from the receipt (the 202) to the row being visible, at half the
+  measured ack throughput;
+- memory: peak RSS of a web and a worker process; Redis bytes per queued event.
+
+Servers: DATABASE_URL / REDIS_URL if set (a throwaway database `pushline_bench` and
+keys under `pushline-bench`), else the embedded ones, as `make run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import redis
+
+from pushline import devstack
+from pushline.db import migrate
+from pushline.envelope import Envelope
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "pushline-bench"
+TOKEN = "bench-token-0123456789abcdef"
+LOGS = ROOT / "var" / "bench"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+        self.log = LOGS / f"{name}.log"
+        self.handle = open(self.log, "wb")  # noqa: SIM115
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        """This process and its children (gunicorn workers)."""
+        found = [self.popen.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.popen.pid:
+                    found.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self.handle.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(port: int) -> bool:
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("POST", f"/push/{TOKEN}", body=b"{}", headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+
+
+def wrk(url: str, seconds: int, connections: int = 16, delay_ms: float = 0) -> dict:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "post.lua"), url,
+            "--", str(delay_ms)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("BENCH "))
+    result = json.loads(line[6:])
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.env = dict(os.environ)
+        self.embedded = devstack.bootstrap(self.env)
+        base = self.env["DATABASE_URL"].rsplit("/", 1)[0]
+        admin = psycopg2.connect(base + "/postgres")
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'pushline_bench'")
+            cur.execute("DROP DATABASE IF EXISTS pushline_bench")
+            cur.execute("CREATE DATABASE pushline_bench")
+        admin.close()
+        self.database_url = base + "/pushline_bench"
+        migrate(self.database_url, "UTC")
+        self.redis_url = self.env["REDIS_URL"]
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.clear_redis()
+        self.proc_env = {**self.env, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
+                         "PUSH_TOKENS": TOKEN, "PUSHLINE_QUEUE_PREFIX": PREFIX, "PUSHLINE_ACCESS_LOG": "0",
+                         "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+        self.db = psycopg2.connect(self.database_url)
+        self.db.autocommit = True
+
+    def clear_redis(self):
+        for pattern in (f"{PREFIX}:*", "pushline-bench-textbook:*"):
+            for key in self.redis.scan_iter(pattern, count=1000):
+                self.redis.delete(key)
+
+    def truncate(self):
+        with self.db.cursor() as cur:
+            cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events, spool")
+
+    def count(self) -> int:
+        with self.db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM events")
+            return cur.fetchone()[0]
+
+    def close(self):
+        self.db.close()
+        self.clear_redis()
+        self.embedded.stop()
+
+    # -- ack path ----------------------------------------------------------
+    def serve(self, name: str, app: str | None) -> tuple[Proc, int]:
+        port = free_port()
+        if app:
+            argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn.conf.py"),
+                    "--bind", f"127.0.0.1:{port}", app]
+        else:
+            argv = [sys.executable, "-m", "pushline.cli", "web", "--bind", f"127.0.0.1:{port}"]
+        proc = Proc(name, argv, self.proc_env)
+        wait_for(lambda: http_ok(port), 30, f"{name} to listen")
+        return proc, port
+
+    def ack_path(self) -> dict:
+        seconds = self.args.seconds
+        ref, port = self.serve("reference", "bench.noop_app:app")
+        wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", 2)  # warm-up
+        reference = wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", seconds)
+        ref.stop()
+
+        web, port = self.serve("web", None)
+        url = f"http://127.0.0.1:{port}/push/{TOKEN}"
+        wrk(url, 2)
+        pushline = wrk(url, seconds)
+        # Latency at 0.6 of the reference rate (the goal's rate), paced by wrk's delay().
+        target = 0.6 * reference["rps"]
+        conns = 8
+        paced = wrk(url, seconds, connections=conns, delay_ms=max(0.0, conns * 1000 / target - 1.0))
+        web_rss = max(peak_rss_mb(pid) for pid in web.pids()[1:] or web.pids())
+        web.stop()
+        self.clear_redis()
+        return {
+            "reference_rps": round(reference["rps"]), "reference_p50_ms": reference["p50_ms"],
+            "reference_p99_ms": reference["p99_ms"],
+            "pushline_rps": round(pushline["rps"]), "pushline_p50_ms": pushline["p50_ms"],
+            "pushline_p99_ms": pushline["p99_ms"], "pushline_errors": pushline["errors"] + pushline["non2xx"],
+            "ratio": round(pushline["rps"] / reference["rps"], 3),
+            "paced_rps": round(paced["rps"]), "paced_p50_ms": paced["p50_ms"], "paced_p99_ms": paced["p99_ms"],
+            "web_peak_rss_mb": round(web_rss, 1),
+        }
+
+    # -- drain -------------------------------------------------------------
+    @staticmethod
+    def bodies(n: int) -> list[bytes]:
+        base = dt.datetime(2014, 1, 1)
+        out = []
+        for i in range(n):
+            group, kind = divmod(i, 4)
+            op = group % 500
+            at = (base + dt.timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S")
+            params = {"operator_id": op}
+            name = ["operator.login", "conversation.start", "conversation.end", "operator.logout"][kind]
+            if name.startswith("conversation."):
+                params = {"conversation_id": group, "type": "chat", "operator_id": op, "website_id": 1 + op % 5,
+                          "group_id": 1 + op % 3}
+                if kind == 1:
+                    params["custom_data"] = {"example": "value"}
+            out.append(json.dumps({"name": name, "datetime": {"created": at, "sent": at}, "parameters": params}
+                                  ).encode())
+        return out
+
+    def prefill(self, key: str, bodies: list[bytes]) -> float:
+        """Queue envelopes under `key`; returns Redis bytes per event."""
+        before = self.redis.info("memory")["used_memory"]
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for i, body in enumerate(bodies):
+            pipe.lpush(key, Envelope(uuid.uuid4().hex, "default", now, body).encode())
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+        return (self.redis.info("memory")["used_memory"] - before) / len(bodies)
+
+    def drain(self, workers: int, bodies: list[bytes]) -> dict:
+        self.truncate()
+        self.clear_redis()
+        staging = f"{PREFIX}:staging"
+        per_event = self.prefill(staging, bodies)
+        procs = [Proc(f"worker{workers}-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name",
+                                              f"bench{i}@bench"], {**self.proc_env, "LOG_LEVEL": "INFO"})
+                 for i in range(workers)]
+        for p in procs:
+            wait_for(lambda p=p: "drain loop started" in p.output(), 60, "a worker to start")
+        start = time.monotonic()
+        self.redis.rename(staging, f"{PREFIX}:incoming")
+        wait_for(lambda: self.redis.llen(f"{PREFIX}:incoming") == 0 and self.redis.zcard(f"{PREFIX}:leases") == 0,
+                 600, "the queue to drain", interval=0.02)
+        elapsed = time.monotonic() - start
+        rss = max(peak_rss_mb(p.popen.pid) for p in procs)
+        for p in procs:
+            p.stop()
+        stored = self.count()
+        if stored != len(bodies):
+            raise RuntimeError(f"drain stored {stored} of {len(bodies)} events")
+        return {"events": len(bodies), "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) / elapsed),
+                "worker_peak_rss_mb": round(rss, 1), "redis_bytes_per_event": round(per_event)}
+
+    def textbook(self, bodies: list[bytes]) -> dict:
+        """One Celery message and one committed transaction per event."""
+        self.truncate()
+        self.clear_redis()
+        env = {**self.proc_env, "REDIS_URL": self.redis_url}
+        os.environ["REDIS_URL"] = self.redis_url
+        from bench.textbook import store
+
+        for body in bodies:
+            store.apply_async(args=(body.decode(),))
+        worker = Proc("textbook", [str(Path(sys.executable).parent / "celery"), "-A", "bench.textbook", "worker",
+                                   "--pool", "prefork", "--concurrency", "2", "--without-mingle", "--without-gossip",
+                                   "--loglevel", "WARNING"], env)
+        n = len(bodies)
+        wait_for(lambda: self.count() >= n // 10, 300, "the textbook worker to start", interval=0.02)
+        t1, c1 = time.monotonic(), self.count()
+        wait_for(lambda: self.count() >= n * 9 // 10, 600, "the textbook drain", interval=0.02)
+        t2, c2 = time.monotonic(), self.count()
+        worker.stop()
+        self.clear_redis()
+        return {"events": n, "events_per_s": round((c2 - c1) / (t2 - t1))}
+
+    # -- lag ---------------------------------------------------------------
+    def lag(self, rate: float) -> dict:
+        self.truncate()
+        self.clear_redis()
+        web, port = self.serve("web-lag", None)
+        procs = [Proc(f"worker-lag-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name", f"lag{i}@bench"],
+                      {**self.proc_env, "LOG_LEVEL": "INFO"}) for i in range(2)]
+        for p in procs:
+            wait_for(lambda p=p: "drain loop started" in p.output(), 60, "a worker to start")
+        lags: list[float] = []
+        stop = threading.Event()
+
+        def poll():
+            conn = psycopg2.connect(self.database_url)
+            conn.autocommit = True
+            last = 0
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute("SELECT id, extract(epoch FROM received_at) FROM events WHERE id > %s ORDER BY id",
+                                (last,))
+                    now = time.time()
+                    for event_id, received in cur.fetchall():
+                        lags.append(now - float(received))
+                        last = event_id
+                    time.sleep(0.005)
+            conn.close()
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        conns = 8
+        sent = wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", self.args.seconds, connections=conns,
+                   delay_ms=max(0.0, conns * 1000 / rate - 1.0))
+        wait_for(lambda: len(lags) >= sent["requests"] - sent["errors"] - sent["non2xx"], 60, "lag rows",
+                 interval=0.05)
+        stop.set()
+        poller.join()
+        web.stop()
+        for p in procs:
+            p.stop()
+        lags.sort()
+        return {"target_rps": round(rate), "sent_rps": round(sent["rps"]), "events": len(lags),
+                "p50_ms": round(1000 * statistics.median(lags), 1),
+                "p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000, help="pre-filled events for the drain")
+    parser.add_argument("--textbook-events", type=int, default=5_000, help="events for the textbook baseline")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each HTTP load")
+    parser.add_argument("--only", choices=["ack", "drain", "lag"], action="append")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk") and (not args.only or set(args.only) & {"ack", "lag"}):
+        print("bench: wrk is needed for the HTTP figures (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    LOGS.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    results: dict = {"machine": {"cores": os.cpu_count()}, "when": dt.datetime.now(dt.UTC).isoformat()}
+    try:
+        parts = args.only or ["ack", "drain", "lag"]
+        if "ack" in parts:
+            results["ack"] = bench.ack_path()
+            print_table(results)
+        if "drain" in parts:
+            bodies = Bench.bodies(args.events)
+            results["textbook"] = bench.textbook(Bench.bodies(args.textbook_events))
+            results["drain_1"] = bench.drain(1, bodies)
+            results["drain_2"] = bench.drain(2, bodies)
+            results["drain_ratios"] = {
+                "two_workers_vs_textbook": round(results["drain_2"]["events_per_s"]
+                                                 / results["textbook"]["events_per_s"], 1),
+                "two_workers_vs_one": round(results["drain_2"]["events_per_s"]
+                                            / results["drain_1"]["events_per_s"], 2),
+            }
+            print_table(results)
+        if "lag" in parts:
+            rate = results.get("ack", {}).get("pushline_rps", 1000) / 2
+            results["lag"] = bench.lag(rate)
+    finally:
+        bench.close()
+    print_table(results)
+    out = ROOT / "bench" / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {out.relative_to(ROOT)}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    rows = []
+    if "ack" in r:
+        a = r["ack"]
+        rows += [
+            ("ack: reference no-op Flask POST (gunicorn)", f"{a['reference_rps']} req/s",
+             f"p50 {a['reference_p50_ms']:.1f} ms, p99 {a['reference_p99_ms']:.1f} ms"),
+            ("ack: POST /push (Pushline)", f"{a['pushline_rps']} req/s",
+             f"p50 {a['pushline_p50_ms']:.1f} ms, p99 {a['pushline_p99_ms']:.1f} ms; ratio {a['ratio']:.2f}"),
+            ("ack: paced at 0.6 x reference", f"{a['paced_rps']} req/s",
+             f"p50 {a['paced_p50_ms']:.1f} ms, p99 {a['paced_p99_ms']:.1f} ms"),
+        ]
+    if "textbook" in r:
+        rows.append(("drain: textbook (task + commit per event)", f"{r['textbook']['events_per_s']} ev/s", ""))
+    for n in (1, 2):
+        if f"drain_{n}" in r:
+            d = r[f"drain_{n}"]
+            rows.append((f"drain: {n} worker process{'es' if n > 1 else ''}", f"{d['events_per_s']} ev/s",
+                         f"{d['events']} events in {d['seconds']} s; worker peak RSS {d['worker_peak_rss_mb']} MB"))
+    if "drain_ratios" in r:
+        dr = r["drain_ratios"]
+        rows.append(("drain ratios", f"{dr['two_workers_vs_textbook']}x textbook",
+                     f"2 workers / 1 worker = {dr['two_workers_vs_one']}"))
+    if "lag" in r:
+        lg = r["lag"]
+        rows.append(("lag 202 -> row visible", f"at {lg['sent_rps']} req/s",
+                     f"p50 {lg['p50_ms']} ms, p99 {lg['p99_ms']} ms"))
+    if "ack" in r:
+        rows.append(("memory", f"web {r['ack']['web_peak_rss_mb']} MB", ""))
+    if "drain_1" in r:
+        rows.append(("redis bytes per queued event", str(r["drain_1"]["redis_bytes_per_event"]), ""))
+    width = max(len(x[0]) for x in rows) if rows else 0
+    print()
+    for name, fig, note in rows:
+        print(f"{name:<{width}}  {fig:>20}  {note}")
+    print(flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

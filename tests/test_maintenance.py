@@ -28,7 +28,7 @@ def store_with(settings, registry, *bodies):
     loop = DrainLoop(settings, registry, name="maint")
     enqueue(loop.queue, *bodies)
     drain(loop)
-    loop._drop_connection()
+    loop.close()
 
 
 def test_replay_after_adding_a_handler_turns_unhandled_events_into_rows(settings, db, rq):

@@ -81,7 +81,7 @@ def test_in_process_any_order_and_batching_equals_the_oracle(settings, db, rq, b
             drain(loop)
             i += step
     finally:
-        loop._drop_connection()
+        loop.close()
     assert_equals_oracle(db, bodies)
 
 

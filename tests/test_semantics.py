@@ -54,7 +54,7 @@ def store(settings, db, rq):
         return results
 
     yield run
-    loop._drop_connection()
+    loop.close()
 
 
 def assert_sessions(store, events, expected):
@@ -154,6 +154,6 @@ def test_push_timezone_applies_to_naive_datetimes(settings, db, rq):
     loop = DrainLoop(paris, registry_with_handlers(), name="tz")
     enqueue(loop.queue, login(1, "2014-07-01 09:00:00"), logout(1, "2014-07-01T09:30:00+00:00"))
     drain(loop)
-    loop._drop_connection()
+    loop.close()
     assert query(db, "SELECT login_at, logout_at FROM operator_sessions") == [
         (dt.datetime(2014, 7, 1, 7, tzinfo=dt.UTC), dt.datetime(2014, 7, 1, 9, 30, tzinfo=dt.UTC))]

@@ -19,7 +19,7 @@ from workers.registry import Registry
 def loop(settings, db, rq):
     loop = DrainLoop(settings, registry_with_handlers(), name="test")
     yield loop
-    loop._drop_connection()
+    loop.close()
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_poison_event_is_rejected_and_the_rest_of_its_batch_is_processed(setting
     enqueue(loop.queue, conversation("start", 12, "2014-01-01 08:00:00"),
             conversation("start", 13, "2014-01-01 08:00:00"), login(1, "2014-01-01 08:00:00"))
     drain(loop)
-    loop._drop_connection()
+    loop.close()
     rows = dict(((json.loads(json.dumps(p))["parameters"].get("conversation_id"), s), e) for p, s, e in
                 query(db, "SELECT payload, status, error FROM events"))
     assert set(rows) == {(12, "processed"), (13, "rejected"), (None, "processed")}

@@ -60,6 +60,12 @@ class DrainLoop:
             self._conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
         return self._conn
 
+    def close(self) -> None:
+        self._drop_connection()
+        if self._queue is not None:
+            self._queue.redis.close()
+            self._queue = None
+
     def _drop_connection(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):  # already broken; nothing to release
@@ -81,7 +87,7 @@ class DrainLoop:
                 if isinstance(exc, TRANSIENT_ERRORS):
                     self._drop_connection()
                 self.stopping.wait(delay)
-        self._drop_connection()
+        self.close()
         log.info("drain loop stopped", extra={"worker": self.name})
 
     def stop(self) -> None:

@@ -153,7 +153,7 @@ class Bench:
 
     def truncate(self):
         with self.db.cursor() as cur:
-            cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events, spool")
+            cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events, spool")
 
     def count(self) -> int:
         with self.db.cursor() as cur:

@@ -10,30 +10,27 @@ INSERT INTO pushline_config DEFAULT VALUES;
 -- One row per distinct event: same name, same datetime.created text, equal parameters.
 CREATE TABLE events (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_key text NOT NULL UNIQUE,        -- sha256 of the canonical (name, created, parameters)
+    event_key uuid NOT NULL UNIQUE,        -- first 128 bits of sha256(canonical name, created, parameters)
     source text NOT NULL,
     name text NOT NULL,
     created_at timestamptz,                -- null only when the event's datetime is unusable
     sent_at timestamptz,
     received_at timestamptz NOT NULL,      -- first receipt
     deliveries integer NOT NULL DEFAULT 1 CHECK (deliveries >= 1),
+    -- The receipt id of each accepted push of this event (the id its 202 returned),
+    -- so that a queue item delivered twice never counts twice in deliveries.
+    receipt_ids text[] NOT NULL,
     payload jsonb NOT NULL,                -- as first received
     status text NOT NULL CHECK (status IN ('processed', 'rejected', 'unhandled')),
     error text,
     processed_at timestamptz NOT NULL DEFAULT now(),
-    CHECK ((status = 'processed') = (error IS NULL))
+    CHECK ((status = 'processed') = (error IS NULL)),
+    CHECK (deliveries = cardinality(receipt_ids))
 );
-CREATE INDEX events_status_name ON events (status, name);
+-- Replay looks for the few events that are not processed; a partial index
+-- costs nothing on the insert of a processed one.
+CREATE INDEX events_not_processed ON events (status, name) WHERE status <> 'processed';
 CREATE INDEX events_created_at ON events (created_at);
-
--- Each accepted push (the id a 202 returned), so a redelivered queue item
--- never counts twice in events.deliveries.
-CREATE TABLE receipts (
-    id text PRIMARY KEY,
-    event_id bigint NOT NULL REFERENCES events (id) ON DELETE CASCADE,
-    received_at timestamptz NOT NULL
-);
-CREATE INDEX receipts_event_id ON receipts (event_id);
 
 CREATE TABLE conversations (
     conversation_id bigint PRIMARY KEY,
@@ -49,7 +46,7 @@ CREATE TABLE conversations (
     -- Which event the attributes above come from (see conversation_attrs_win).
     attrs_from text NOT NULL CHECK (attrs_from IN ('start', 'end')),
     attrs_created_at timestamptz NOT NULL,
-    attrs_event_key text NOT NULL,
+    attrs_event_key uuid NOT NULL,
     CHECK (started_at IS NOT NULL OR ended_at IS NOT NULL)
 );
 CREATE INDEX conversations_started_at ON conversations (started_at);
@@ -58,8 +55,8 @@ CREATE INDEX conversations_started_at ON conversations (started_at);
 -- is known; equal times fall to the smaller event key. A total order, so
 -- merging candidates in any order gives the same winner.
 CREATE FUNCTION conversation_attrs_win(
-    new_from text, new_at timestamptz, new_key text,
-    old_from text, old_at timestamptz, old_key text
+    new_from text, new_at timestamptz, new_key uuid,
+    old_from text, old_at timestamptz, old_key uuid
 ) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN new_from <> old_from THEN new_from = 'start'

@@ -221,8 +221,21 @@ def start_redis(emb: Embedded, port: int, base: Path | None = None) -> str:
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "yes",
         ], base / "log" / "redis.log"))
-        wait_until(lambda: port_open(port), 30, "embedded Redis")
+    # Redis accepts connections while it loads its AOF: wait until it answers.
+    wait_until(lambda: _redis_ready(url), 120, "embedded Redis")
     return url
+
+
+def _redis_ready(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:  # refused, or LOADING
+        return False
+    finally:
+        client.close()
 
 
 def bootstrap(env: dict[str, str]) -> Embedded:

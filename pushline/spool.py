@@ -4,7 +4,7 @@ While Redis cannot take a push, the web tier commits the envelope here and
 still answers 202 (iAdvize retries only twice in 30 seconds, so an outage of
 Redis must not become 503s). Workers forward spooled envelopes to the queue
 once Redis answers again; a crash between the push and the delete leaves a
-copy in both, which the receipts table turns into a no-op.
+copy in both, which the receipt ids kept on each event turn into a no-op.
 """
 
 from __future__ import annotations

@@ -32,8 +32,12 @@ def parse_push_datetime(value: object) -> dt.datetime:
     if not isinstance(value, str):
         raise ValidationError("Not a datetime string.")
     if _PUSH_FORMAT.match(value):
-        naive = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
-        return naive.replace(tzinfo=_timezone.get())
+        # Sliced by hand: strptime costs more than the rest of the event's validation.
+        try:
+            return dt.datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]),
+                               int(value[14:16]), int(value[17:19]), tzinfo=_timezone.get())
+        except ValueError as exc:
+            raise ValidationError(f"Not a valid datetime: {exc}.") from None
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

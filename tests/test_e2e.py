@@ -127,6 +127,6 @@ def test_analyst_role_can_read_but_not_write(settings, db):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute("INSERT INTO conversations (conversation_id, type, operator_id, website_id, group_id,"
                             " started_at, attrs_from, attrs_created_at, attrs_event_key)"
-                            " VALUES (1, 'chat', 1, 1, 1, now(), 'start', now(), 'k')")
+                            " VALUES (1, 'chat', 1, 1, 1, now(), 'start', now(), gen_random_uuid())")
     finally:
         conn.close()

@@ -70,7 +70,7 @@ def assert_equals_oracle(db, bodies):
 def test_in_process_any_order_and_batching_equals_the_oracle(settings, db, rq, bodies):
     """Fast variant: the real drain loop in this process, random batch cuts."""
     with db.cursor() as cur:
-        cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events")
+        cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
     loop = DrainLoop(settings, registry_with_handlers(), name="prop")
     try:
         rng = random.Random(len(bodies))
@@ -105,7 +105,7 @@ def two_workers(database_url, redis_url, tmp_path_factory):
 @given(bodies=event_sets())
 def test_through_web_redis_and_two_workers_equals_the_oracle(two_workers, db, bodies):
     with db.cursor() as cur:
-        cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events")
+        cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
     for body in bodies:
         resp = http.post_json(f"{two_workers}/push/{TOKEN}", json.dumps(body).encode())
         assert resp.status == 202, resp.body

@@ -45,7 +45,7 @@ def store(settings, db, rq):
         results = []
         for label, batches in orders(events):
             with db.cursor() as cur:
-                cur.execute("TRUNCATE events, receipts, conversations, operator_sessions, operator_events")
+                cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
             for batch in batches:
                 if batch:
                     enqueue(loop.queue, *batch)

@@ -95,8 +95,24 @@ def test_redelivered_queue_item_is_counted_once(loop, queue, db, rq):
     # Put the very same item back, as a reclaim after a lost ack would.
     rq.rpush(queue.incoming, *batch.items)
     drain(loop)
-    assert [d for *_, d, _ in events(db)] == [1]
-    assert query(db, "SELECT count(*) FROM receipts") == [(1,)]
+    assert query(db, "SELECT deliveries, receipt_ids FROM events") == [(1, [batch_receipt(batch)])]
+
+
+def batch_receipt(batch) -> str:
+    from pushline.envelope import Envelope
+
+    return Envelope.decode(batch.items[0]).receipt_id
+
+
+def test_receipt_ids_with_quotes_and_backslashes_survive(loop, queue, db):
+    from pushline.envelope import Envelope
+
+    body = json.dumps(login(6, "2014-01-01 08:00:00")).encode()
+    for rid in ('we"ird', "back\\slash"):
+        queue.push(Envelope(rid, "default", 1.0, body).encode(), 10**6)
+    drain(loop)
+    [(deliveries, receipts)] = query(db, "SELECT deliveries, receipt_ids FROM events")
+    assert (deliveries, sorted(receipts)) == (2, sorted(['we"ird', "back\\slash"]))
 
 
 def test_source_of_the_token_is_stored(loop, queue, db):
@@ -160,4 +176,4 @@ def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
     drain(loop)
     assert query(db, "SELECT count(*) FROM spool") == [(0,)]
     assert query(db, "SELECT operator_id, duration_seconds FROM operator_sessions") == [(8, 3600.0)]
-    assert sorted(r[0] for r in query(db, "SELECT id FROM receipts")) == ["spooled-0", "spooled-1"]
+    assert sorted(r[0] for r in query(db, "SELECT unnest(receipt_ids) FROM events")) == ["spooled-0", "spooled-1"]

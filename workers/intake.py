@@ -35,6 +35,7 @@ class Incoming:
     # Times as read in PUSH_TIMEZONE, best effort for events that did not load.
     created_at: dt.datetime | None = None
     sent_at: dt.datetime | None = None
+    raw: str | None = field(default=None, repr=False)  # the body's JSON text, stored as the payload
 
     def __post_init__(self) -> None:
         source = self.event
@@ -70,12 +71,14 @@ def read_item(raw: bytes, registry: Registry) -> Incoming:
     envelope = Envelope.decode(raw)
     received_at = dt.datetime.fromtimestamp(envelope.received_at, dt.UTC)
     try:
-        body = json.loads(envelope.body)
+        raw = envelope.body.decode("utf-8")
+        body = json.loads(raw)
     except ValueError as exc:  # the web tier checked it; kept anyway if it ever is not
         text = envelope.body.decode("utf-8", "replace")
         return Incoming(envelope.receipt_id, envelope.source, received_at, event_key({"raw": text}),
                         {"raw": text}, "rejected", f"body: not JSON ({exc})")
     status, error, event, handler = classify(body, registry)
     return Incoming(
-        envelope.receipt_id, envelope.source, received_at, event_key(body), body, status, error, event, handler
+        envelope.receipt_id, envelope.source, received_at, event_key(body), body, status, error, event, handler,
+        raw=raw,
     )

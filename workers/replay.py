@@ -104,7 +104,7 @@ def rebuild(conn, registry: Registry, tz) -> Counter:
 
 
 def prune(conn, before: dt.datetime, chunk: int = 10_000) -> int:
-    """Delete events created before `before` (with their receipts); the derived
+    """Delete events created before `before`; the derived
     tables keep every row. Deleted in chunks to keep each transaction short."""
     total = 0
     while True:

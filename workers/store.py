@@ -1,4 +1,8 @@
-"""Writing a batch: events and receipts, then the handlers, in one transaction."""
+"""Writing a batch: events with their receipts, then the handlers, in one transaction.
+
+Rows go through COPY into a staging table and are merged with set-based SQL,
+sorted by key so that concurrent batches take row locks in one order.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,31 @@ from collections import defaultdict
 
 from psycopg2.extras import Json, execute_values
 
+from pushline.pgcopy import RawJSON, stage_rows
 from workers.intake import Incoming
 from workers.registry import Handler, StoredEvent
 
-_INSERT_EVENTS = """
-INSERT INTO events (event_key, source, name, created_at, sent_at, received_at, deliveries, payload, status, error)
-VALUES %s
+_EVENT_COLUMNS = ("event_key", "source", "name", "created_at", "sent_at", "received_at", "deliveries",
+                  "receipt_ids", "payload", "status", "error")
+
+_INSERT_EVENTS = f"""
+INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
+SELECT {", ".join(_EVENT_COLUMNS)} FROM stage_events ORDER BY event_key
 ON CONFLICT (event_key) DO NOTHING
-RETURNING id, event_key
+RETURNING id, event_key::text
 """
 
-# Only receipts first recorded in this transaction are added, so a queue item
-# delivered twice (a worker died after commit, before ack) counts once.
-_COUNT_RECEIPTS = """
+# More receipts of an event stored before. Only receipt ids it does not hold
+# yet count, so a queue item delivered twice (a worker died after its commit,
+# before its ack) adds nothing: never `deliveries + n` blindly.
+_ADD_RECEIPTS = """
 UPDATE events e SET
-    deliveries = e.deliveries + v.n,
+    receipt_ids = e.receipt_ids || v.fresh,
+    deliveries = e.deliveries + cardinality(v.fresh),
     received_at = least(e.received_at, v.received_at),
     source = CASE WHEN v.received_at < e.received_at THEN v.source ELSE e.source END,
     payload = CASE WHEN v.received_at < e.received_at THEN v.payload ELSE e.payload END
-FROM (VALUES %s) AS v(id, n, received_at, source, payload)
+FROM (VALUES %s) AS v(id, fresh, received_at, source, payload)
 WHERE e.id = v.id
 """
 
@@ -37,6 +47,14 @@ def group_by_key(items: list[Incoming]) -> dict[str, list[Incoming]]:
     return {key: sorted(groups[key], key=lambda i: (i.received_at, i.receipt_id)) for key in sorted(groups)}
 
 
+def _payload(item: Incoming):
+    return RawJSON(item.raw) if item.raw is not None else item.body
+
+
+def _receipt_ids(receipts: list[Incoming]) -> list[str]:
+    return list(dict.fromkeys(i.receipt_id for i in receipts))  # the same item twice in one batch counts once
+
+
 def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
     """Record every event and receipt, apply handlers to new processed events.
 
@@ -44,48 +62,42 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
     """
     rows = []
     for key, receipts in groups.items():
-        first = receipts[0]
-        rows.append((key, first.source, first.name, first.created_at, first.sent_at, first.received_at,
-                     len(receipts), Json(first.body), first.status, first.error))
-    execute_values(cur, _INSERT_EVENTS, rows, page_size=len(rows))
-    ids = dict((key, event_id) for event_id, key in cur.fetchall())
-    new_keys = set(ids)
-    old_keys = [key for key in groups if key not in ids]
+        first, ids = receipts[0], _receipt_ids(receipts)
+        rows.append((key, first.source, first.name, first.created_at, first.sent_at, first.received_at, len(ids),
+                     ids, _payload(first), first.status, first.error))
+    stage_rows(cur, "stage_events", _EVENT_COLUMNS, rows)
+    cur.execute(_INSERT_EVENTS)
+    new_ids = {key.replace("-", ""): event_id for event_id, key in cur.fetchall()}
+    old_keys = [key for key in groups if key not in new_ids]
     if old_keys:
-        cur.execute("SELECT event_key, id FROM events WHERE event_key = ANY(%s)", (old_keys,))
-        ids.update(cur.fetchall())
-
-    receipts = sorted((i.receipt_id, ids[key], i.received_at) for key, group in groups.items() for i in group)
-    execute_values(cur, "INSERT INTO receipts (id, event_id, received_at) VALUES %s ON CONFLICT DO NOTHING"
-                        " RETURNING event_id", receipts, page_size=len(receipts))
-    fresh: dict[int, int] = defaultdict(int)
-    for (event_id,) in cur.fetchall():
-        fresh[event_id] += 1
-    updates = []
-    for key in old_keys:
-        event_id = ids[key]
-        if fresh.get(event_id):
-            first = groups[key][0]
-            updates.append((event_id, fresh[event_id], first.received_at, first.source, Json(first.body)))
-    if updates:
-        # Row locks in id order first: UPDATE ... FROM may visit rows in any order,
-        # and two batches updating the same events must not lock them crosswise.
-        # NO KEY UPDATE (what the UPDATE takes anyway) does not conflict with the
-        # KEY SHARE locks that other batches' receipts take through their foreign key.
-        cur.execute("SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
-                    ([u[0] for u in updates],))
-        execute_values(cur, _COUNT_RECEIPTS, updates,
-                       template="(%s::bigint, %s::int, %s::timestamptz, %s::text, %s::jsonb)", page_size=len(updates))
+        _add_receipts(cur, groups, old_keys)
 
     counts: dict[str, int] = defaultdict(int)
     stored = []
-    for key in sorted(new_keys):
+    for key, event_id in new_ids.items():
         first = groups[key][0]
         counts[first.status] += 1
         if first.status == "processed":
-            stored.append((first.handler, StoredEvent(ids[key], key, first.event)))
+            stored.append((first.handler, StoredEvent(event_id, key, first.event)))
     apply_handlers(cur, stored)
     return dict(counts)
+
+
+def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -> None:
+    # Row locks in id order first: UPDATE ... FROM may visit rows in any order,
+    # and two batches adding receipts to the same events must not lock them crosswise.
+    cur.execute("""SELECT id, replace(event_key::text, '-', ''), receipt_ids FROM events
+                   WHERE event_key = ANY(%s::uuid[]) ORDER BY id FOR NO KEY UPDATE""", (old_keys,))
+    updates = []
+    for event_id, key, known in cur.fetchall():
+        fresh = [r for r in _receipt_ids(groups[key]) if r not in set(known)]
+        if fresh:
+            first = groups[key][0]
+            updates.append((event_id, fresh, first.received_at, first.source, Json(first.body)))
+    if updates:
+        execute_values(cur, _ADD_RECEIPTS, updates,
+                       template="(%s::bigint, %s::text[], %s::timestamptz, %s::text, %s::jsonb)",
+                       page_size=len(updates))
 
 
 def apply_handlers(cur, stored: list[tuple[Handler, StoredEvent]]) -> None:

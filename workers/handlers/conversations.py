@@ -8,16 +8,17 @@ subset in any order converges to the same row.
 
 from __future__ import annotations
 
-from psycopg2.extras import Json, execute_values
-
+from pushline.pgcopy import stage_rows
 from workers.registry import StoredEvent, registry
 
 _ATTRS = ("type", "operator_id", "website_id", "group_id", "custom_data")
 
+COLUMNS = ("conversation_id", "type", "operator_id", "website_id", "group_id", "custom_data", "started_at",
+           "ended_at", "attrs_from", "attrs_created_at", "attrs_event_key")
+
 _UPSERT = """
-INSERT INTO conversations AS c (conversation_id, type, operator_id, website_id, group_id, custom_data,
-                                started_at, ended_at, attrs_from, attrs_created_at, attrs_event_key)
-VALUES %s
+INSERT INTO conversations AS c ({columns})
+SELECT {columns} FROM stage_conversations ORDER BY conversation_id
 ON CONFLICT (conversation_id) DO UPDATE SET
     started_at = least(c.started_at, excluded.started_at),
     ended_at = greatest(c.ended_at, excluded.ended_at),
@@ -28,6 +29,7 @@ _WINS = (
     " c.attrs_from, c.attrs_created_at, c.attrs_event_key)"
 )
 UPSERT = _UPSERT.format(
+    columns=", ".join(COLUMNS),
     attrs=",\n    ".join(
         f"{col} = CASE WHEN {_WINS} THEN excluded.{col} ELSE c.{col} END"
         for col in (*_ATTRS, "attrs_from", "attrs_created_at", "attrs_event_key")
@@ -58,7 +60,7 @@ def apply(cur, events: list[StoredEvent]) -> None:
             row["winner"] = stored
 
     values = []
-    for conversation_id in sorted(rows):  # sorted: concurrent batches lock rows in one order
+    for conversation_id in rows:  # the upsert sorts: concurrent batches lock rows in one order
         row = rows[conversation_id]
         winner: StoredEvent = row["winner"]
         params = winner.event.parameters
@@ -70,7 +72,7 @@ def apply(cur, events: list[StoredEvent]) -> None:
                 params["operator_id"],
                 params["website_id"],
                 params["group_id"],
-                Json(custom) if custom is not None else None,
+                custom,
                 row["started_at"],
                 row["ended_at"],
                 "start" if winner.event.name == "conversation.start" else "end",
@@ -78,4 +80,5 @@ def apply(cur, events: list[StoredEvent]) -> None:
                 winner.key,
             )
         )
-    execute_values(cur, UPSERT, values, page_size=len(values))
+    stage_rows(cur, "stage_conversations", COLUMNS, values)
+    cur.execute(UPSERT)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from psycopg2.extras import execute_values
-
+from pushline.pgcopy import copy_rows, stage_rows
 from workers.registry import StoredEvent, registry
 from workers.sessions import pair_sessions
 
@@ -59,15 +58,13 @@ ORDER BY e.operator_id, e.at
 
 @registry.handles("operator.login", "operator.logout")
 def apply(cur, events: list[StoredEvent]) -> None:
-    execute_values(
-        cur,
-        "INSERT INTO operator_events (event_id, operator_id, at, kind) VALUES %s ON CONFLICT DO NOTHING",
-        [
-            (s.id, s.event.parameters["operator_id"], s.event.created, s.event.name.removeprefix("operator."))
-            for s in sorted(events, key=lambda s: s.id)
-        ],
-        page_size=len(events),
-    )
+    stage_rows(cur, "stage_operator_events", ("event_id", "operator_id", "at", "kind"), (
+        (s.id, s.event.parameters["operator_id"], s.event.created, s.event.name.removeprefix("operator."))
+        for s in events
+    ))
+    cur.execute("""INSERT INTO operator_events (event_id, operator_id, at, kind)
+                   SELECT event_id, operator_id, at, kind FROM stage_operator_events ORDER BY event_id
+                   ON CONFLICT DO NOTHING""")
     earliest: dict[int, object] = {}
     for s in events:
         op = s.event.parameters["operator_id"]
@@ -87,9 +84,4 @@ def apply(cur, events: list[StoredEvent]) -> None:
     for op, _, open_before in windows:
         sessions += [(op, login, logout) for login, logout in pair_sessions(by_operator.get(op, []), open_before)]
     if sessions:
-        execute_values(
-            cur,
-            "INSERT INTO operator_sessions (operator_id, login_at, logout_at) VALUES %s",
-            sessions,
-            page_size=len(sessions),
-        )
+        copy_rows(cur, "operator_sessions", ("operator_id", "login_at", "logout_at"), sessions)

@@ -1,0 +1,72 @@
+"""Bulk writes with COPY: the fastest way to hand PostgreSQL many rows.
+
+Rows are staged in temporary tables (ON COMMIT DELETE ROWS, made once per
+connection) and merged with INSERT ... SELECT ... ON CONFLICT, which COPY
+itself cannot do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+class RawJSON(str):
+    """JSON text that is already valid: sent as is, not encoded again."""
+
+
+def _field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # text[]
+        quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value)
+        return ("{" + ",".join(quoted) + "}").translate(_ESCAPES)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_ESCAPES)
+    raise TypeError(f"cannot COPY a {type(value).__name__}")
+
+
+def copy_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    buffer = io.StringIO()
+    buffer.writelines("\t".join(map(_field, row)) + "\n" for row in rows)
+    buffer.seek(0)
+    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer)
+
+
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    event_key uuid, source text, name text, created_at timestamptz, sent_at timestamptz,
+    received_at timestamptz, deliveries integer, receipt_ids text[], payload jsonb, status text, error text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_conversations (
+    conversation_id bigint, type text, operator_id bigint, website_id bigint, group_id bigint, custom_data jsonb,
+    started_at timestamptz, ended_at timestamptz, attrs_from text, attrs_created_at timestamptz,
+    attrs_event_key uuid
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_operator_events (event_id bigint, operator_id bigint, at timestamptz, kind text)
+    ON COMMIT DELETE ROWS;
+"""
+
+
+def stage_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Fill staging table `table` with exactly these rows.
+
+    The tables live per session (created here on first use, a cheap no-op
+    after) and are emptied first: a transaction may stage several times
+    (a rebuild's pages, a poison batch written event by event).
+    """
+    cur.execute(f"SET LOCAL client_min_messages = warning; {STAGING}; DELETE FROM {table}")
+    copy_rows(cur, table, columns, rows)

@@ -180,20 +180,24 @@ class Bench:
     def ack_path(self) -> dict:
         seconds = self.args.seconds
         ref, port = self.serve("reference", "bench.noop_app:app")
-        wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", 2)  # warm-up
-        reference = wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", seconds)
-        ref.stop()
+        try:
+            wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", 2)  # warm-up
+            reference = wrk(f"http://127.0.0.1:{port}/push/{TOKEN}", seconds)
+        finally:
+            ref.stop()
 
         web, port = self.serve("web", None)
-        url = f"http://127.0.0.1:{port}/push/{TOKEN}"
-        wrk(url, 2)
-        pushline = wrk(url, seconds)
-        # Latency at 0.6 of the reference rate (the goal's rate), paced by wrk's delay().
-        target = 0.6 * reference["rps"]
-        conns = 8
-        paced = wrk(url, seconds, connections=conns, delay_ms=max(0.0, conns * 1000 / target - 1.0))
-        web_rss = max(peak_rss_mb(pid) for pid in web.pids()[1:] or web.pids())
-        web.stop()
+        try:
+            url = f"http://127.0.0.1:{port}/push/{TOKEN}"
+            wrk(url, 2)
+            pushline = wrk(url, seconds)
+            # Latency at 0.6 of the reference rate (the goal's rate), paced by wrk's delay().
+            target = 0.6 * reference["rps"]
+            conns = 8
+            paced = wrk(url, seconds, connections=conns, delay_ms=max(0.0, conns * 1000 / target - 1.0))
+            web_rss = max(peak_rss_mb(pid) for pid in web.pids()[1:] or web.pids())
+        finally:
+            web.stop()
         self.clear_redis()
         return {
             "reference_rps": round(reference["rps"]), "reference_p50_ms": reference["p50_ms"],
@@ -245,16 +249,18 @@ class Bench:
         procs = [Proc(f"worker{workers}-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name",
                                               f"bench{i}@bench"], {**self.proc_env, "LOG_LEVEL": "INFO"})
                  for i in range(workers)]
-        for p in procs:
-            wait_for(lambda p=p: "drain loop started" in p.output(), 60, "a worker to start")
-        start = time.monotonic()
-        self.redis.rename(staging, f"{PREFIX}:incoming")
-        wait_for(lambda: self.redis.llen(f"{PREFIX}:incoming") == 0 and self.redis.zcard(f"{PREFIX}:leases") == 0,
-                 600, "the queue to drain", interval=0.02)
-        elapsed = time.monotonic() - start
-        rss = max(peak_rss_mb(p.popen.pid) for p in procs)
-        for p in procs:
-            p.stop()
+        try:
+            for p in procs:
+                wait_for(lambda p=p: "drain loop started" in p.output(), 60, "a worker to start")
+            start = time.monotonic()
+            self.redis.rename(staging, f"{PREFIX}:incoming")
+            # Done when every event is in PostgreSQL (an idle worker keeps a lease while it waits).
+            wait_for(lambda: self.count() >= len(bodies), 600, "the queue to drain", interval=0.02)
+            elapsed = time.monotonic() - start
+            rss = max(peak_rss_mb(p.popen.pid) for p in procs)
+        finally:
+            for p in procs:
+                p.stop()
         stored = self.count()
         if stored != len(bodies):
             raise RuntimeError(f"drain stored {stored} of {len(bodies)} events")
@@ -275,11 +281,13 @@ class Bench:
                                    "--pool", "prefork", "--concurrency", "2", "--without-mingle", "--without-gossip",
                                    "--loglevel", "WARNING"], env)
         n = len(bodies)
-        wait_for(lambda: self.count() >= n // 10, 300, "the textbook worker to start", interval=0.02)
-        t1, c1 = time.monotonic(), self.count()
-        wait_for(lambda: self.count() >= n * 9 // 10, 600, "the textbook drain", interval=0.02)
-        t2, c2 = time.monotonic(), self.count()
-        worker.stop()
+        try:
+            wait_for(lambda: self.count() >= n // 10, 300, "the textbook worker to start", interval=0.02)
+            t1, c1 = time.monotonic(), self.count()
+            wait_for(lambda: self.count() >= n * 9 // 10, 600, "the textbook drain", interval=0.02)
+            t2, c2 = time.monotonic(), self.count()
+        finally:
+            worker.stop()
         self.clear_redis()
         return {"events": n, "events_per_s": round((c2 - c1) / (t2 - t1))}
 
@@ -290,24 +298,37 @@ class Bench:
         web, port = self.serve("web-lag", None)
         procs = [Proc(f"worker-lag-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name", f"lag{i}@bench"],
                       {**self.proc_env, "LOG_LEVEL": "INFO"}) for i in range(2)]
+        try:
+            return self._lag(rate, port, procs)
+        finally:
+            web.stop()
+            for p in procs:
+                p.stop()
+
+    def _lag(self, rate: float, port: int, procs: list[Proc]) -> dict:
         for p in procs:
             wait_for(lambda p=p: "drain loop started" in p.output(), 60, "a worker to start")
         lags: list[float] = []
         stop = threading.Event()
 
         def poll():
+            # Two workers commit out of id order: look back over a window of ids
+            # and remember which rows were already seen.
             conn = psycopg2.connect(self.database_url)
             conn.autocommit = True
-            last = 0
+            seen: set[int] = set()
+            top = 0
             with conn.cursor() as cur:
                 while not stop.is_set():
-                    cur.execute("SELECT id, extract(epoch FROM received_at) FROM events WHERE id > %s ORDER BY id",
-                                (last,))
+                    cur.execute("SELECT id, extract(epoch FROM received_at) FROM events WHERE id > %s",
+                                (top - 3000,))
                     now = time.time()
                     for event_id, received in cur.fetchall():
-                        lags.append(now - float(received))
-                        last = event_id
-                    time.sleep(0.005)
+                        if event_id not in seen:
+                            seen.add(event_id)
+                            lags.append(now - float(received))
+                            top = max(top, event_id)
+                    time.sleep(0.01)
             conn.close()
 
         poller = threading.Thread(target=poll, daemon=True)
@@ -319,9 +340,6 @@ class Bench:
                  interval=0.05)
         stop.set()
         poller.join()
-        web.stop()
-        for p in procs:
-            p.stop()
         lags.sort()
         return {"target_rps": round(rate), "sent_rps": round(sent["rps"]), "events": len(lags),
                 "p50_ms": round(1000 * statistics.median(lags), 1),

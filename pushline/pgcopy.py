@@ -20,23 +20,40 @@ class RawJSON(str):
     """JSON text that is already valid: sent as is, not encoded again."""
 
 
+def _text(value: str) -> str:
+    return value.translate(_ESCAPES)
+
+
+def _array(values: list) -> str:
+    if all(isinstance(v, str) for v in values):  # text[]
+        quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        return _text("{" + ",".join(quoted) + "}")
+    return _json(values)
+
+
+def _json(value: Any) -> str:
+    return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+# Dispatch on the exact type: the batch loop formats every value of every row.
+_FORMAT = {
+    type(None): lambda _: "\\N",
+    str: _text,
+    RawJSON: _text,
+    int: repr,
+    float: repr,
+    bool: lambda v: "t" if v else "f",
+    dt.datetime: dt.datetime.isoformat,
+    list: _array,
+    dict: _json,
+}
+
+
 def _field(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # text[]
-        quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value)
-        return ("{" + ",".join(quoted) + "}").translate(_ESCAPES)
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_ESCAPES)
-    raise TypeError(f"cannot COPY a {type(value).__name__}")
+    try:
+        return _FORMAT[type(value)](value)
+    except KeyError:
+        raise TypeError(f"cannot COPY a {type(value).__name__}") from None
 
 
 def copy_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

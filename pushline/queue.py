@@ -31,6 +31,19 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 return items
 """
 
+# KEYS: leases; ARGV: batch key prefix. Leases whose batch holds events, oldest
+# deadline first (a worker waiting on an empty queue holds an empty lease).
+_HOLDING = """
+local out = {}
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #ids, 2 do
+  if redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then
+    out[#out + 1] = ids[i + 1]
+  end
+end
+return out
+"""
+
 # KEYS: incoming, leases; ARGV: now, batch key prefix, max leases.
 # Expired batches go back to the consumer end of `incoming`, oldest last-out
 # order preserved, so they are the next to be claimed.
@@ -68,6 +81,7 @@ class EventQueue:
         self._over_high_water = False
         self._claim = client.register_script(_CLAIM)
         self._reclaim = client.register_script(_RECLAIM)
+        self._holding = client.register_script(_HOLDING)
 
     def push(self, item: bytes, high_water: int) -> int:
         """Queue one envelope; returns the new depth, or -1 at or above high water.
@@ -87,8 +101,12 @@ class EventQueue:
     def depth(self) -> int:
         return int(self.redis.llen(self.incoming))
 
+    def _holding_deadlines(self) -> list[float]:
+        return [float(d) for d in self._holding(keys=[self.leases], args=[self.batch_prefix])]
+
     def claimed(self) -> int:
-        return int(self.redis.zcard(self.leases))
+        """Batches taken by workers and not yet acknowledged."""
+        return len(self._holding_deadlines())
 
     def _deadline(self) -> float:
         return time.time() + self.lease_seconds
@@ -134,7 +152,7 @@ class EventQueue:
         return int(self._reclaim(keys=[self.incoming, self.leases], args=[now, self.batch_prefix, limit]))
 
     def oldest_claim_age(self) -> float | None:
-        oldest = self.redis.zrange(self.leases, 0, 0, withscores=True)
-        if not oldest:
+        deadlines = self._holding_deadlines()
+        if not deadlines:
             return None
-        return max(0.0, time.time() - (oldest[0][1] - self.lease_seconds))
+        return max(0.0, time.time() - (min(deadlines) - self.lease_seconds))

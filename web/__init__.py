@@ -13,9 +13,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["PUSHLINE"] = settings
 
-    from web import errors, health, push
+    from web import errors, health, metrics, push
 
     errors.register(app)
     app.register_blueprint(push.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     return app

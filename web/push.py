@@ -12,7 +12,7 @@ import uuid
 
 import psycopg2
 import redis
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from pushline.config import Token
 from pushline.envelope import Envelope
@@ -20,6 +20,7 @@ from pushline.spool import spool
 from web import services
 from web.edge import BadBody, is_json_content_type, parse_body
 from web.errors import PushError
+from web.metrics import ENQUEUE, FALLBACK, PUSHES
 
 bp = Blueprint("push", __name__)
 
@@ -55,6 +56,7 @@ def push(token: str | None):
         scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
         token = bearer.strip() if scheme.lower() == "bearer" else None
     source = _source_for(token, settings.tokens)
+    g.source = source or "unknown"
     if source is None:
         raise PushError(401, "missing or invalid push token")
     if not is_json_content_type(request.headers.get("Content-Type")):
@@ -69,6 +71,7 @@ def push(token: str | None):
     envelope = Envelope(receipt_id, source, time.time(), body).encode()
     breaker = services.breaker()
     if breaker.closed():
+        started = time.perf_counter()
         try:
             depth = services.queue().push(envelope, settings.queue_high_water)
         except redis.RedisError:
@@ -76,9 +79,20 @@ def push(token: str | None):
         else:
             if depth < 0:
                 raise PushError(503, "event queue is full; retry later", RETRY_AFTER)
+            ENQUEUE.labels("redis").observe(time.perf_counter() - started)
+            FALLBACK.set(0)
             return jsonify(id=receipt_id), 202
+    started = time.perf_counter()
     _spool(envelope)
+    ENQUEUE.labels("spool").observe(time.perf_counter() - started)
+    FALLBACK.set(1)
     return jsonify(id=receipt_id), 202
+
+
+@bp.after_request
+def count(response):
+    PUSHES.labels(str(response.status_code), g.get("source", "unknown")).inc()
+    return response
 
 
 def _spool(envelope: bytes) -> None:

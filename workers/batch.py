@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 from pushline.db import TRANSIENT_ERRORS
 from schemas import push_timezone
@@ -22,11 +23,21 @@ from workers.store import group_by_key, write_batch
 log = logging.getLogger(__name__)
 
 
-def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | str) -> Counter:
-    """Store queue items; returns counts of new events by status."""
+@dataclass
+class BatchResult:
+    counts: Counter  # new events by (name, status)
+    oldest_receipt: dt.datetime | None
+
+
+def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | str) -> BatchResult:
+    """Store queue items in one transaction."""
     with push_timezone(tz):
         incoming = [read_item(raw, registry) for raw in items]
-    groups = group_by_key(incoming)
+    oldest = min((i.received_at for i in incoming), default=None)
+    return BatchResult(_store(conn, group_by_key(incoming)), oldest)
+
+
+def _store(conn, groups: dict[str, list[Incoming]]) -> Counter:
     try:
         with conn.cursor() as cur:
             counts = Counter(write_batch(cur, groups))
@@ -37,7 +48,7 @@ def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | 
         raise
     except Exception:
         conn.rollback()
-        log.warning("batch of %d failed in a handler; isolating the event at fault", len(items), exc_info=True)
+        log.warning("batch of %d events failed in a handler; isolating the one at fault", len(groups), exc_info=True)
     return _one_by_one(conn, groups)
 
 

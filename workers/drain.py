@@ -13,6 +13,7 @@ connection, the transaction, retries with backoff, lease upkeep and counters.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from pushline import spool
 from pushline.config import Settings
 from pushline.db import TRANSIENT_ERRORS, connect
 from pushline.queue import Batch, EventQueue
+from pushline.workerstats import WorkerStats
 from workers.batch import process_items
 from workers.registry import Registry
 
@@ -55,6 +57,10 @@ class DrainLoop:
         return self._queue
 
     @property
+    def stats(self) -> WorkerStats:
+        return WorkerStats(self.queue.redis, self.settings.queue_prefix)
+
+    @property
     def conn(self):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
@@ -82,6 +88,8 @@ class DrainLoop:
                 failures = 0
             except (redis.RedisError, *TRANSIENT_ERRORS) as exc:
                 failures += 1
+                with contextlib.suppress(redis.RedisError):
+                    self.stats.count("retries")
                 delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 6))
                 log.warning("transient failure, retrying in %.1fs: %s: %s", delay, type(exc).__name__, exc)
                 if isinstance(exc, TRANSIENT_ERRORS):
@@ -105,6 +113,7 @@ class DrainLoop:
             moved = self.queue.reclaim()
             if moved:
                 log.warning("returned %d events of expired leases to the queue", moved)
+                self.stats.count("reclaimed", moved)
         batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds)
         if batch is None:
             return 0
@@ -113,7 +122,7 @@ class DrainLoop:
 
     def store(self, batch: Batch) -> None:
         try:
-            counts = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo)
+            result = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo)
         except BaseException:
             # Hand the batch back at once rather than after its lease expires.
             try:
@@ -122,5 +131,9 @@ class DrainLoop:
                 log.warning("could not release batch %s; its lease will return it", batch.id)
             raise
         self.queue.ack(batch)
-        self.counts.update(counts)
-        self.counts["items"] += len(batch.items)
+        self.counts.update(result.counts)
+        lag = (dt.datetime.now(dt.UTC) - result.oldest_receipt).total_seconds() if result.oldest_receipt else 0.0
+        try:
+            self.stats.record_batch(self.name, result.counts, len(batch.items), lag)
+        except redis.RedisError:  # figures only; the batch itself is safely stored
+            log.warning("could not record worker metrics")

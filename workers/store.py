@@ -55,10 +55,10 @@ def _receipt_ids(receipts: list[Incoming]) -> list[str]:
     return list(dict.fromkeys(i.receipt_id for i in receipts))  # the same item twice in one batch counts once
 
 
-def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
+def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str], int]:
     """Record every event and receipt, apply handlers to new processed events.
 
-    Returns counts by status of the events that were new.
+    Returns counts by (name, status) of the events that were new.
     """
     rows = []
     for key, receipts in groups.items():
@@ -72,11 +72,11 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[str, int]:
     if old_keys:
         _add_receipts(cur, groups, old_keys)
 
-    counts: dict[str, int] = defaultdict(int)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
     stored = []
     for key, event_id in new_ids.items():
         first = groups[key][0]
-        counts[first.status] += 1
+        counts[first.name, first.status] += 1
         if first.status == "processed":
             stored.append((first.handler, StoredEvent(event_id, key, first.event)))
     apply_handlers(cur, stored)

@@ -1,0 +1,82 @@
+"""The reliable queue on real Redis: every item is always in exactly one list."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pushline.queue import EventQueue
+
+
+@pytest.fixture
+def queue(settings, rq):
+    return EventQueue(rq, settings.queue_prefix, lease_seconds=30)
+
+
+def everything(queue: EventQueue) -> list[bytes]:
+    items = list(queue.redis.lrange(queue.incoming, 0, -1))
+    for key in queue.redis.scan_iter(queue.batch_prefix + "*"):
+        items += queue.redis.lrange(key, 0, -1)
+    return sorted(items)
+
+
+def test_claim_takes_the_oldest_under_a_lease_and_ack_forgets_them(queue):
+    for i in range(5):
+        queue.push(b"%d" % i, high_water=100)
+    batch = queue.claim(3)
+    assert sorted(batch.items) == [b"0", b"1", b"2"]
+    assert queue.depth() == 2 and queue.claimed() == 1
+    assert everything(queue) == [b"0", b"1", b"2", b"3", b"4"]
+    queue.ack(batch)
+    assert queue.claimed() == 0 and everything(queue) == [b"3", b"4"]
+
+
+def test_an_expired_lease_returns_its_items_to_the_head_of_the_queue(queue):
+    for i in range(3):
+        queue.push(b"%d" % i, high_water=100)
+    batch = queue.claim(2)
+    assert queue.reclaim(now=time.time()) == 0  # not expired yet
+    assert queue.reclaim(now=time.time() + 31) == 2
+    assert queue.claimed() == 0
+    again = queue.claim(2)
+    assert sorted(again.items) == sorted(batch.items)
+
+
+def test_release_gives_a_batch_back_at_once(queue):
+    queue.push(b"a", high_water=100)
+    batch = queue.claim(10)
+    assert queue.release(batch) == 1
+    assert queue.depth() == 1 and queue.claimed() == 0
+
+
+def test_a_worker_waiting_on_an_empty_queue_is_not_a_claimed_batch(queue):
+    waiter = threading.Thread(target=lambda: queue.claim(10, block_seconds=1.5))
+    waiter.start()
+    time.sleep(0.3)
+    assert queue.redis.zcard(queue.leases) == 1  # its lease exists, so an item it takes is never unowned
+    assert queue.claimed() == 0 and queue.oldest_claim_age() is None
+    waiter.join()
+    assert queue.redis.zcard(queue.leases) == 0
+
+
+def test_a_blocked_claim_wakes_up_for_a_new_item(queue):
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(batch=queue.claim(10, block_seconds=5)))
+    waiter.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    queue.push(b"late", high_water=100)
+    waiter.join()
+    assert result["batch"].items == [b"late"]
+    assert time.monotonic() - started < 1
+    assert queue.claimed() == 1
+
+
+def test_high_water_refuses_once_reached(queue):
+    assert queue.push(b"1", high_water=2) == 1
+    assert queue.push(b"2", high_water=2) == 2
+    assert queue.push(b"3", high_water=2) == -1
+    queue.claim(1)
+    assert queue.push(b"3", high_water=2) == 2

@@ -1,0 +1,94 @@
+"""GET /metrics: Prometheus text format.
+
+Web figures are prometheus_client metrics; under gunicorn they are shared by
+the worker processes through its multiprocess mode (PROMETHEUS_MULTIPROC_DIR,
+set up in gunicorn.conf.py). Queue depth and the workers' figures are read at
+scrape time from Redis. No label ever holds a token: only source names.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pushline.workerstats import WorkerStats
+from web import services
+
+bp = Blueprint("metrics", __name__)
+
+PUSHES = Counter("pushline_pushes", "Pushes answered, by HTTP status and source", ["status", "source"])
+ENQUEUE = Histogram("pushline_enqueue_seconds", "Time to store an accepted push (Redis, or the fallback)",
+                    ["store"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5))
+FALLBACK = Gauge("pushline_fallback_active", "1 while this process stores pushes in the PostgreSQL spool",
+                 multiprocess_mode="max")
+
+
+class ScrapeTimeCollector:
+    """Figures read from Redis when /metrics is scraped."""
+
+    def collect(self):
+        try:
+            queue = services.queue()
+            depth, claimed = queue.depth(), queue.claimed()
+            stats = WorkerStats(queue.redis, services.settings().queue_prefix).read()
+        except redis.RedisError:
+            up = GaugeMetricFamily("pushline_redis_up", "Whether Redis answered this scrape")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("pushline_redis_up", "Whether Redis answered this scrape")
+        up.add_metric([], 1)
+        yield up
+        g = GaugeMetricFamily("pushline_queue_depth", "Events waiting in the queue")
+        g.add_metric([], depth)
+        yield g
+        g = GaugeMetricFamily("pushline_queue_claimed_batches", "Batches claimed by workers, not yet acknowledged")
+        g.add_metric([], claimed)
+        yield g
+        c = CounterMetricFamily("pushline_worker_events", "Distinct events stored by workers, by name and status",
+                                labels=["name", "status"])
+        for (name, status), n in sorted(stats["events"].items()):
+            c.add_metric([name, status], n)
+        yield c
+        for counter, help_text in (("batches", "Batches stored by workers"),
+                                   ("batch_items", "Queue items in stored batches"),
+                                   ("retries", "Transient failures (database or Redis) that workers retried"),
+                                   ("reclaimed", "Events returned to the queue from expired leases")):
+            c = CounterMetricFamily(f"pushline_worker_{counter}", help_text)
+            c.add_metric([], stats["counters"].get(counter, 0))
+            yield c
+        g = GaugeMetricFamily("pushline_worker_lag_seconds",
+                              "Receipt-to-commit time of the oldest event in each worker's last batch",
+                              labels=["worker"])
+        for worker, lag in sorted(stats["lag"].items()):
+            g.add_metric([worker], lag)
+        yield g
+
+
+@bp.get("/metrics")
+def metrics():
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        for collector in (PUSHES, ENQUEUE, FALLBACK):
+            registry.register(collector)
+    registry.register(ScrapeTimeCollector())
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["bp", "PUSHES", "ENQUEUE", "FALLBACK", "REGISTRY"]

@@ -36,6 +36,27 @@ FALLBACK = Gauge("pushline_fallback_active", "1 while this process stores pushes
                  multiprocess_mode="max")
 
 
+# The ack path touches these on every push: resolve labels once, and write the
+# gauge only when it changes (each write is an mmap write in multiprocess mode).
+ENQUEUE_REDIS = ENQUEUE.labels("redis")
+ENQUEUE_SPOOL = ENQUEUE.labels("spool")
+_push_children: dict[tuple[int, str], object] = {}
+_fallback = {"active": None}
+
+
+def count_push(status: int, source: str) -> None:
+    child = _push_children.get((status, source))
+    if child is None:
+        child = _push_children[status, source] = PUSHES.labels(str(status), source)
+    child.inc()
+
+
+def fallback_in_use(active: bool) -> None:
+    if _fallback["active"] is not active:
+        FALLBACK.set(1 if active else 0)
+        _fallback["active"] = active
+
+
 class ScrapeTimeCollector:
     """Figures read from Redis when /metrics is scraped."""
 
@@ -91,4 +112,4 @@ def metrics():
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["bp", "PUSHES", "ENQUEUE", "FALLBACK", "REGISTRY"]
+__all__ = ["bp", "PUSHES", "ENQUEUE", "FALLBACK", "REGISTRY", "count_push", "fallback_in_use"]

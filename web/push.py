@@ -20,7 +20,7 @@ from pushline.spool import spool
 from web import services
 from web.edge import BadBody, is_json_content_type, parse_body
 from web.errors import PushError
-from web.metrics import ENQUEUE, FALLBACK, PUSHES
+from web.metrics import ENQUEUE_REDIS, ENQUEUE_SPOOL, count_push, fallback_in_use
 
 bp = Blueprint("push", __name__)
 
@@ -79,19 +79,19 @@ def push(token: str | None):
         else:
             if depth < 0:
                 raise PushError(503, "event queue is full; retry later", RETRY_AFTER)
-            ENQUEUE.labels("redis").observe(time.perf_counter() - started)
-            FALLBACK.set(0)
+            ENQUEUE_REDIS.observe(time.perf_counter() - started)
+            fallback_in_use(False)
             return jsonify(id=receipt_id), 202
     started = time.perf_counter()
     _spool(envelope)
-    ENQUEUE.labels("spool").observe(time.perf_counter() - started)
-    FALLBACK.set(1)
+    ENQUEUE_SPOOL.observe(time.perf_counter() - started)
+    fallback_in_use(True)
     return jsonify(id=receipt_id), 202
 
 
 @bp.after_request
 def count(response):
-    PUSHES.labels(str(response.status_code), g.get("source", "unknown")).inc()
+    count_push(response.status_code, g.get("source", "unknown"))
     return response
 
 

@@ -52,6 +52,11 @@ def cmd_migrate(args) -> int:
 
 def cmd_web(args) -> int:
     settings = _settings("PUSH_TOKENS", "REDIS_URL", "DATABASE_URL")
+    try:
+        settings.check_production()
+    except ConfigError as exc:
+        print(f"pushline: {exc}", file=sys.stderr)
+        return 2
     bind = args.bind or f"0.0.0.0:{settings.port}"
     argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn.conf.py"), "--bind", bind, "web.wsgi:app"]
     _exec(argv)

@@ -17,6 +17,8 @@ DEFAULTS = {
     "DATABASE_URL": "",
     "REDIS_URL": "",
     "PUSH_TOKENS": "",
+    "PUSH_SIGNING_SECRETS": "",
+    "MAX_CUSTOM_DATA_KEYS": "100",
     "PUSH_TIMEZONE": "UTC",
     "MAX_BODY_BYTES": "65536",
     "QUEUE_HIGH_WATER": "1000000",
@@ -57,11 +59,29 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+def parse_secrets(raw: str) -> dict[str, str]:
+    """`paris:s1,lyon:s2` -> {source: secret}: pushes of that source must be signed."""
+    secrets = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        source, sep, secret = entry.rpartition(":")
+        if not sep or not source or not secret:
+            raise ConfigError("PUSH_SIGNING_SECRETS entries are source:secret")
+        secrets[source] = secret
+    return secrets
+
+
+MIN_TOKEN_LENGTH = 16
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str
     tokens: tuple[Token, ...]
+    signing_secrets: dict[str, str]
+    max_custom_data_keys: int
     timezone: str
     max_body_bytes: int
     queue_high_water: int
@@ -98,6 +118,8 @@ class Settings:
             database_url=merged["DATABASE_URL"].strip(),
             redis_url=merged["REDIS_URL"].strip(),
             tokens=parse_tokens(merged["PUSH_TOKENS"]),
+            signing_secrets=parse_secrets(merged["PUSH_SIGNING_SECRETS"]),
+            max_custom_data_keys=integer("MAX_CUSTOM_DATA_KEYS"),
             timezone=tz,
             max_body_bytes=integer("MAX_BODY_BYTES"),
             queue_high_water=integer("QUEUE_HIGH_WATER"),
@@ -124,3 +146,17 @@ class Settings:
                 raise ConfigError("REDIS_URL is not set (e.g. redis://host:6379/0)")
             if name == "PUSH_TOKENS" and not self.tokens:
                 raise ConfigError("PUSH_TOKENS is empty: set at least one token (name:token or token), comma-separated")
+
+    def check_production(self) -> None:
+        """What the web tier refuses to serve with, one line each."""
+        self.require("PUSH_TOKENS")
+        sources = {t.source for t in self.tokens}
+        for token in self.tokens:
+            if len(token.secret) < MIN_TOKEN_LENGTH:
+                raise ConfigError(f"PUSH_TOKENS: the token of source {token.source!r} is shorter than "
+                                  f"{MIN_TOKEN_LENGTH} characters")
+        for source, secret in self.signing_secrets.items():
+            if source not in sources:
+                raise ConfigError(f"PUSH_SIGNING_SECRETS: no token has source {source!r}")
+            if any(secret == t.secret for t in self.tokens):
+                raise ConfigError(f"PUSH_SIGNING_SECRETS: the secret of source {source!r} equals a push token")

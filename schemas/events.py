@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.fields import Id, PushDateTime, parse_push_datetime
+from schemas.fields import Id, PushDateTime, limit_keys, parse_push_datetime
 
 CONVERSATION_TYPES = ("chat", "call", "video")
 
@@ -40,7 +40,7 @@ class ConversationEndParameters(_Base):
 
 
 class ConversationStartParameters(ConversationEndParameters):
-    custom_data = fields.Dict(load_default=None, allow_none=True)
+    custom_data = fields.Dict(load_default=None, allow_none=True, validate=limit_keys)
 
 
 def _event_schema(parameters: type[Schema]) -> Schema:

@@ -17,14 +17,27 @@ _BIGINT = 2**63
 _timezone: contextvars.ContextVar[dt.tzinfo] = contextvars.ContextVar("push_timezone", default=dt.UTC)
 
 
+_max_custom_data_keys: contextvars.ContextVar[int] = contextvars.ContextVar("max_custom_data_keys", default=100)
+
+
 @contextlib.contextmanager
-def push_timezone(tz: dt.tzinfo | str) -> Iterator[None]:
-    """The zone in which naive `YYYY-MM-DD HH:MM:SS` datetimes are read."""
+def push_timezone(tz: dt.tzinfo | str, max_custom_data_keys: int | None = None) -> Iterator[None]:
+    """Settings the schemas read while loading: the zone in which naive
+    `YYYY-MM-DD HH:MM:SS` datetimes are read, and the custom_data key limit."""
     token = _timezone.set(ZoneInfo(tz) if isinstance(tz, str) else tz)
+    limit = _max_custom_data_keys.set(max_custom_data_keys) if max_custom_data_keys else None
     try:
         yield
     finally:
         _timezone.reset(token)
+        if limit is not None:
+            _max_custom_data_keys.reset(limit)
+
+
+def limit_keys(value: dict) -> None:
+    limit = _max_custom_data_keys.get()
+    if value is not None and len(value) > limit:
+        raise ValidationError(f"More than {limit} keys ({len(value)}).")
 
 
 def parse_push_datetime(value: object) -> dt.datetime:

@@ -6,6 +6,7 @@ has taken it. The business tables are never touched here.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 import uuid
@@ -37,6 +38,13 @@ def _source_for(given: str | None, tokens: tuple[Token, ...]) -> str | None:
     return match
 
 
+def _signed(body: bytes, secret: str, header: str | None) -> bool:
+    """`sha256=<hex HMAC-SHA256 of the raw body>`, compared in constant time."""
+    scheme, _, given = (header or "").partition("=")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return scheme.strip().lower() == "sha256" and hmac.compare_digest(given.strip().lower().encode(), expected.encode())
+
+
 def _read_body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
@@ -62,6 +70,9 @@ def push(token: str | None):
     if not is_json_content_type(request.headers.get("Content-Type")):
         raise PushError(415, "Content-Type must be application/json (XML is not supported)")
     body = _read_body(settings.max_body_bytes)
+    secret = settings.signing_secrets.get(source)
+    if secret is not None and not _signed(body, secret, request.headers.get("X-iAdvize-Signature")):
+        raise PushError(401, "missing or invalid X-iAdvize-Signature")
     try:
         parse_body(body)
     except BadBody as exc:

@@ -29,9 +29,10 @@ class BatchResult:
     oldest_receipt: dt.datetime | None
 
 
-def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | str) -> BatchResult:
+def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | str,
+                  max_custom_data_keys: int | None = None) -> BatchResult:
     """Store queue items in one transaction."""
-    with push_timezone(tz):
+    with push_timezone(tz, max_custom_data_keys):
         incoming = [read_item(raw, registry) for raw in items]
     oldest = min((i.received_at for i in incoming), default=None)
     return BatchResult(_store(conn, group_by_key(incoming)), oldest)

@@ -122,7 +122,8 @@ class DrainLoop:
 
     def store(self, batch: Batch) -> None:
         try:
-            result = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo)
+            result = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo,
+                                   self.settings.max_custom_data_keys)
         except BaseException:
             # Hand the batch back at once rather than after its lease expires.
             try:

@@ -1,0 +1,175 @@
+"""Who gets in, and what each database role may do."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+
+import psycopg2
+import pytest
+
+from pushline.config import ConfigError, Settings
+from pushline.queue import EventQueue
+from tests.conftest import PARIS_TOKEN, ROOT, TOKEN, make_settings, query, settings_env
+from tests.helpers import conversation, drain, enqueue
+from tests.test_http import LOGIN
+from web import create_app
+from workers.drain import DrainLoop
+from workers.handlers import registry_with_handlers
+
+SECRET = "paris-signing-secret-0123456789"
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+def signed_client(database_url, redis_url, rq):
+    settings = make_settings(database_url, redis_url, PUSH_SIGNING_SECRETS=f"paris:{SECRET}")
+    return create_app(settings).test_client(), EventQueue(rq, settings.queue_prefix)
+
+
+def post(client, body: bytes, token: str, signature: str | None = None):
+    headers = {"X-iAdvize-Signature": signature} if signature is not None else {}
+    return client.post(f"/push/{token}", data=body, content_type="application/json", headers=headers)
+
+
+def test_a_signed_source_accepts_a_valid_signature(signed_client):
+    client, queue = signed_client
+    body = json.dumps(LOGIN).encode()
+    assert post(client, body, PARIS_TOKEN, sign(body)).status_code == 202
+    assert queue.depth() == 1
+
+
+@pytest.mark.parametrize("signature", [None, "", "sha256=", "sha1=abc", sign(b"another body"),
+                                       sign(json.dumps(LOGIN).encode(), "wrong-secret-0123456789")])
+def test_a_signed_source_refuses_a_missing_or_bad_signature(signed_client, signature):
+    client, queue = signed_client
+    resp = post(client, json.dumps(LOGIN).encode(), PARIS_TOKEN, signature)
+    assert resp.status_code == 401
+    assert "Signature" in resp.get_json()["error"]
+    assert queue.depth() == 0
+
+
+def test_a_replayed_signed_body_with_one_tampered_byte_is_refused(signed_client):
+    client, queue = signed_client
+    body = json.dumps(LOGIN).encode()
+    signature = sign(body)
+    tampered = body.replace(b'"operator_id": 1', b'"operator_id": 7')
+    assert tampered != body
+    assert post(client, tampered, PARIS_TOKEN, signature).status_code == 401
+    assert post(client, body, PARIS_TOKEN, signature).status_code == 202  # the genuine one, replayed, still is
+    assert queue.depth() == 1
+
+
+def test_the_signature_is_checked_on_raw_bytes_before_parsing(signed_client):
+    client, queue = signed_client
+    assert post(client, b"{not json", PARIS_TOKEN, "sha256=00").status_code == 401
+
+
+def test_sources_without_a_secret_need_no_signature(signed_client):
+    client, queue = signed_client
+    assert post(client, json.dumps(LOGIN).encode(), TOKEN).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "tokens, secrets, words",
+    [
+        ("", "", "PUSH_TOKENS is empty"),
+        ("short-token", "", "shorter than 16"),
+        (f"paris:{PARIS_TOKEN}", f"paris:{PARIS_TOKEN}", "equals a push token"),
+        (f"paris:{PARIS_TOKEN}", "lyon:some-secret-0123456789", "no token has source"),
+    ],
+)
+def test_production_refuses_unsafe_configuration(tokens, secrets, words):
+    settings = Settings.from_mapping({"PUSH_TOKENS": tokens, "PUSH_SIGNING_SECRETS": secrets})
+    with pytest.raises(ConfigError, match=words):
+        settings.check_production()
+
+
+@pytest.mark.slow
+def test_pushline_web_refuses_a_short_token_with_one_line(settings):
+    env = settings_env(settings)
+    env["PUSH_TOKENS"] = "tooshort"
+    result = subprocess.run([str(ROOT / "bin" / "pushline"), "web"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "shorter than 16" in result.stderr
+
+
+def test_custom_data_with_too_many_keys_is_rejected_with_a_reason(database_url, redis_url, db, rq):
+    settings = make_settings(database_url, redis_url, MAX_CUSTOM_DATA_KEYS="3")
+    loop = DrainLoop(settings, registry_with_handlers(), name="limits")
+    enqueue(loop.queue, conversation("start", 1, "2014-01-01 09:00:00", custom_data={str(i): i for i in range(4)}),
+            conversation("start", 2, "2014-01-01 09:00:00", custom_data={str(i): i for i in range(3)}))
+    drain(loop)
+    loop.close()
+    rows = sorted(query(db, "SELECT payload->'parameters'->>'conversation_id', status, error FROM events"))
+    assert rows[0][:2] == ("1", "rejected") and "parameters.custom_data" in rows[0][2] and "3 keys" in rows[0][2]
+    assert rows[1][:2] == ("2", "processed")
+
+
+def as_role(settings, role: str, sql: str):
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET ROLE {role}")
+            cur.execute(sql)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO operator_sessions (operator_id, login_at) VALUES (1, now())",
+    "UPDATE events SET status = 'processed'",
+    "DELETE FROM conversations",
+    "TRUNCATE operator_sessions",
+    "INSERT INTO spool (item) VALUES ('x')",
+    "CREATE TABLE mine (id int)",
+])
+def test_analyst_can_write_nothing(settings, db, sql):
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        as_role(settings, "analyst", sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) FROM events", "SELECT * FROM conversations",
+                                 "SELECT * FROM operator_sessions", "SELECT * FROM operator_daily",
+                                 "SELECT * FROM conversation_daily"])
+def test_analyst_reads_the_tables_and_views(settings, db, sql):
+    as_role(settings, "analyst", sql)  # raises if not allowed
+
+
+def test_web_role_may_only_spool(settings, db):
+    as_role(settings, "pushline_web", "INSERT INTO spool (item) VALUES ('x')")
+    for sql in ("SELECT * FROM events", "INSERT INTO conversations (conversation_id) VALUES (1)",
+                "SELECT * FROM spool"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            as_role(settings, "pushline_web", sql)
+
+
+def test_worker_role_writes_its_tables_and_nothing_else(settings, db):
+    as_role(settings, "pushline_worker", "DELETE FROM operator_sessions")
+    as_role(settings, "pushline_worker", "SELECT * FROM spool")
+    for sql in ("DROP TABLE events", "CREATE TABLE mine (id int)", "TRUNCATE events"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            as_role(settings, "pushline_worker", sql)
+
+
+def test_the_worker_runs_with_only_the_worker_role(settings, db, rq):
+    from tests import oracle
+    from tests.helpers import login, logout
+
+    loop = DrainLoop(settings, registry_with_handlers(), name="least-privilege")
+    with loop.conn.cursor() as cur:
+        cur.execute("SET SESSION ROLE pushline_worker")
+    loop.conn.commit()
+    bodies = [login(1, "2014-01-01 09:00:00"), logout(1, "2014-01-01 10:00:00"),
+              conversation("start", 1, "2014-01-01 09:10:00"), conversation("end", 1, "2014-01-01 09:20:00")]
+    enqueue(loop.queue, *bodies)
+    drain(loop)
+    loop.close()
+    assert oracle.read_tables(db) == (oracle.conversations(bodies), oracle.operator_sessions(bodies))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from web import services
 
@@ -22,3 +22,10 @@ def readyz():
     if not services.database_answers():
         return jsonify(error="postgresql is not answering"), 503
     return jsonify(status="ready")
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from web.openapi import DOCUMENT
+
+    return current_app.response_class(DOCUMENT.read_bytes(), mimetype="application/json")

@@ -173,3 +173,28 @@ def test_the_worker_runs_with_only_the_worker_role(settings, db, rq):
     drain(loop)
     loop.close()
     assert oracle.read_tables(db) == (oracle.conversations(bodies), oracle.operator_sessions(bodies))
+
+
+def test_an_unhandled_error_is_logged_without_the_token(settings, caplog):
+    app = create_app(settings)
+
+    @app.post("/push/<token>/explode")
+    def explode(token):
+        raise RuntimeError("an unexpected bug")
+
+    resp = app.test_client().post(f"/push/{TOKEN}/explode")
+    assert resp.status_code == 500 and TOKEN not in resp.get_data(as_text=True)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/push/<redacted>/explode" in logged
+    assert TOKEN not in logged
+
+
+def test_duplicate_keys_are_accepted_and_the_last_one_wins(settings, db, rq):
+    client = create_app(settings).test_client()
+    body = b'{"name": "operator.login", "name": "operator.logout", "datetime": {"created": "2014-01-01 00:00:00",' \
+           b' "sent": "2014-01-01 00:00:00"}, "parameters": {"operator_id": 3}}'
+    assert client.post(f"/push/{TOKEN}", data=body, content_type="application/json").status_code == 202
+    loop = DrainLoop(settings, registry_with_handlers(), name="dup-keys")
+    drain(loop)
+    loop.close()
+    assert query(db, "SELECT name, status FROM events") == [("operator.logout", "processed")]

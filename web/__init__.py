@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import re
+
+from flask import Flask, request
 
 from pushline.config import Settings
+
+_TOKEN_IN_PATH = re.compile(r"(/push/)[^/?]+")
+
+
+class PushlineFlask(Flask):
+    def log_exception(self, exc_info) -> None:
+        """Flask logs the request path with an unhandled error: the token is in it."""
+        path = _TOKEN_IN_PATH.sub(r"\1<redacted>", request.path)
+        self.logger.error("Exception on %s [%s]", path, request.method, exc_info=exc_info)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """App factory; tests pass their own settings, production reads the environment."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = PushlineFlask(__name__)
     app.config["PUSHLINE"] = settings
 
     from web import errors, health, metrics, push

@@ -130,3 +130,22 @@ def test_analyst_role_can_read_but_not_write(settings, db):
                             " VALUES (1, 'chat', 1, 1, 1, now(), 'start', now(), gen_random_uuid())")
     finally:
         conn.close()
+
+
+def test_worker_logs_are_json_lines_with_the_event_id(pipeline, db, tmp_path_factory):
+    assert push(pipeline, open_fixture("conversation.start.as-printed")).status == 202
+    wait_for(lambda: processed_count(db) == 1, what="the event stored")
+    [(event_id,)] = query(db, "SELECT id FROM events")
+    log = next(tmp_path_factory.getbasetemp().glob("pipeline*/worker-w1.log"))
+
+    def line():
+        for raw in log.read_text().splitlines():
+            if raw.startswith("{") and '"event stored as rejected"' in raw:
+                record = json.loads(raw)
+                if record.get("event_id") == event_id:
+                    return record
+        return None
+
+    record = wait_for(line, what="the JSON log line")
+    assert record["level"] == "INFO" and record["event_name"] == "conversation.start"
+    assert len(record["event_key"]) == 32 and "parameters.type" in record["error"]

@@ -51,7 +51,7 @@ def test_seed_start_as_printed_is_rejected_naming_type(loop, queue, db):
     drain(loop)
     [(name, status, error, _, _)] = events(db)
     assert (name, status) == ("conversation.start", "rejected")
-    assert "parameters.type" in error
+    assert error == "parameters.type: Must be one of: chat, call, video."
     assert query(db, "SELECT count(*) FROM conversations") == [(0,)]
 
 

@@ -30,6 +30,23 @@ class RedactingLogger(Logger):
 
 logger_class = RedactingLogger
 
+# One JSON object per line for gunicorn's own logs, the access log and the app's.
+_level = os.environ.get("LOG_LEVEL", "INFO").upper()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pushline.logs.json_formatter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+    },
+    "root": {"level": _level, "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": _level, "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+    },
+}
+
 
 def on_starting(server):
     """prometheus_client multiprocess mode: one fresh directory per master."""

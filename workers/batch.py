@@ -66,7 +66,8 @@ def _one_by_one(conn, groups: dict[str, list[Incoming]]) -> Counter:
                 cur.execute("ROLLBACK TO SAVEPOINT one_event")
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"handler: {type(exc).__name__}: {first_line}"
-                log.error("event rejected by its handler", extra={"event_key": key, "error": reason})
+                log.error("event rejected by its handler", extra={
+                    "event_key": key, "receipt_ids": [i.receipt_id for i in group], "error": reason})
                 for item in group:
                     item.reject(reason)
                 counts.update(write_batch(cur, {key: group}))

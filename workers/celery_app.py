@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 from pushline.config import Settings
 
@@ -38,6 +38,14 @@ class DrainStep(bootsteps.StartStopStep):
             self.thread.join(timeout=60)
 
     shutdown = stop
+
+
+@signals.setup_logging.connect
+def _json_logs(loglevel=None, **kwargs):
+    """Our JSON logs instead of Celery's text ones (connecting this signal tells Celery so)."""
+    from pushline.logs import configure
+
+    configure(Settings.from_env().log_level)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -63,7 +63,8 @@ def classify(body: Any, registry: Registry) -> tuple[str, str | None, Event | No
     try:
         event = load_event(handler.schema, body)
     except ValidationError as exc:
-        return "rejected", str(exc.messages), None, None
+        messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
+        return "rejected", "; ".join(map(str, messages)), None, None
     return "processed", None, event, handler
 
 

@@ -6,6 +6,7 @@ sorted by key so that concurrent batches take row locks in one order.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 from psycopg2.extras import Json, execute_values
@@ -13,6 +14,8 @@ from psycopg2.extras import Json, execute_values
 from pushline.pgcopy import RawJSON, stage_rows
 from workers.intake import Incoming
 from workers.registry import Handler, StoredEvent
+
+log = logging.getLogger(__name__)
 
 _EVENT_COLUMNS = ("event_key", "source", "name", "created_at", "sent_at", "received_at", "deliveries",
                   "receipt_ids", "payload", "status", "error")
@@ -77,6 +80,10 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
     for key, event_id in new_ids.items():
         first = groups[key][0]
         counts[first.name, first.status] += 1
+        if first.status != "processed":
+            log.info("event stored as %s", first.status, extra={
+                "event_id": event_id, "event_key": key, "event_name": first.name, "error": first.error,
+                "receipt_ids": [i.receipt_id for i in groups[key]]})
         if first.status == "processed":
             stored.append((first.handler, StoredEvent(event_id, key, first.event)))
     apply_handlers(cur, stored)

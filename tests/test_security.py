@@ -143,10 +143,11 @@ def test_analyst_reads_the_tables_and_views(settings, db, sql):
     as_role(settings, "analyst", sql)  # raises if not allowed
 
 
-def test_web_role_may_only_spool(settings, db):
+def test_web_role_writes_only_the_spool(settings, db):
     as_role(settings, "pushline_web", "INSERT INTO spool (item) VALUES ('x')")
-    for sql in ("SELECT * FROM events", "INSERT INTO conversations (conversation_id) VALUES (1)",
-                "SELECT * FROM spool"):
+    as_role(settings, "pushline_web", "SELECT count(*) FROM events")  # the status page's figures
+    for sql in ("INSERT INTO conversations (conversation_id) VALUES (1)", "UPDATE events SET error = 'x'",
+                "DELETE FROM events", "SELECT * FROM spool", "SELECT * FROM operator_sessions"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             as_role(settings, "pushline_web", sql)
 

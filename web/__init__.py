@@ -24,10 +24,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = PushlineFlask(__name__)
     app.config["PUSHLINE"] = settings
 
-    from web import errors, health, metrics, push
+    from web import errors, health, metrics, push, status
 
     errors.register(app)
     app.register_blueprint(push.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
     return app

@@ -81,6 +81,9 @@ def build() -> dict:
                                              "responses": {"200": ok, **down}}})
     spec.path("/metrics", operations={"get": {"summary": "Prometheus text format", "responses": {
         "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    spec.path("/status", operations={"get": {"summary": "Status page (HTML, refreshes itself)", "responses": {
+        "200": {"description": "Page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
+    spec.path("/status.json", operations={"get": {"summary": "The status page's figures", "responses": {"200": ok}}})
     spec.path("/openapi.json", operations={"get": {"summary": "This document", "responses": {"200": ok}}})
     return spec.to_dict()
 

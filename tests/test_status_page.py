@@ -1,0 +1,64 @@
+"""GET /status in a real headless Chromium, against a running pipeline."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import http_client as http
+from tests.conftest import ROOT, TOKEN, query, wait_for
+from tests.helpers import conversation, login
+from web import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=4000", "--window-size=1280,900"]
+
+
+def test_status_json_has_the_figures(settings, db, rq):
+    client = create_app(settings).test_client()
+    data = client.get("/status.json").get_json()
+    assert data["redis"] == "up" and data["database"] == "up"
+    assert data["queue_depth"] == 0 and data["rejected"] == 0
+    assert client.get("/status").status_code == 200
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                           *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed (apt-get install chromium)")
+def test_status_page_in_chromium_shows_live_figures(pipeline, db, tmp_path):
+    for i in range(5):
+        assert http.post_json(f"{pipeline}/push/{TOKEN}", login(100 + i, "2014-01-01 09:00:00")).status == 202
+    assert http.post_json(f"{pipeline}/push/{TOKEN}",
+                          conversation("start", 9, "2014-01-01 09:00:00", type_="fax")).status == 202
+    for i, kind in enumerate(("chat", "call", "chat")):
+        assert http.post_json(f"{pipeline}/push/{TOKEN}",
+                              conversation("start", 20 + i, f"2014-01-0{1 + i} 09:00:00", type_=kind)).status == 202
+    wait_for(lambda: query(db, "SELECT count(*) FROM events")[0][0] == 9, what="events stored")
+
+    dom = chromium(["--dump-dom", f"{pipeline}/status"], tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert re.search(r'id="rejected">1<', html), html[:3000]
+    assert re.search(r'id="depth">0<', html)
+    assert 'id="redis">up<' in html and 'id="database">up<' in html
+    assert "parameters.type: Must be one of" in html  # the latest rejection's reason
+    per_minute, per_day = html.split('id="per-minute"')[1], html.split('id="per-day"')[1]
+    assert "<rect" in per_minute.split("</svg>")[0] and "<rect" in per_day.split("</svg>")[0]  # both charts drawn
+    assert "call" in html and "chat" in html
+    console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and ("rror" in ln or "Uncaught" in ln)]
+    assert console_errors == []
+
+    shot = ROOT / "var" / "status-page.png"
+    shot.parent.mkdir(exist_ok=True)
+    taken = chromium([f"--screenshot={shot}", f"{pipeline}/status"], tmp_path / "profile-shot")
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000

@@ -85,7 +85,9 @@ def test_prune_deletes_old_events_and_leaves_derived_rows(settings, db, rq):
               conversation("start", 1, "2013-12-31 09:00:00"), login(2, "2014-01-02 09:00:00")]
     store_with(settings, registry_with_handlers(), *bodies)
     before = oracle.read_tables(db)
+    assert query(db, "SELECT to_regclass('events_2013_12') IS NOT NULL") == [(True,)]
     assert cli(settings, "prune", "--before", "2014-01-01") == {"deleted_events": 3}
+    assert query(db, "SELECT to_regclass('events_2013_12') IS NULL") == [(True,)]  # dropped whole
     assert query(db, "SELECT name FROM events") == [("operator.login",)]
     assert oracle.read_tables(db) == before
 
@@ -101,3 +103,15 @@ def test_stats_reports_queue_and_counts(settings, db, rq):
     assert {(r["name"], r["status"], r["events"]) for r in report["events"]} == {
         ("operator.login", "processed", 1), ("conversation.start", "rejected", 1)}
     assert "parameters.type" in report["rejected_reasons"][0]["error"]
+
+
+def test_events_are_partitioned_by_month_and_undated_ones_kept(settings, db, rq):
+    bad_date = login(3, "2014-02-01 09:00:00")
+    bad_date["datetime"]["created"] = "not a date"
+    store_with(settings, registry_with_handlers(), login(1, "2014-01-15 09:00:00"), login(2, "2014-03-01 00:00:00"),
+               bad_date)
+    rows = query(db, "SELECT tableoid::regclass::text, status FROM events ORDER BY 1")
+    assert rows == [("events_2014_01", "processed"), ("events_2014_03", "processed"), ("events_undated", "rejected")]
+    # The same undated event again is still one event (NULLS NOT DISTINCT).
+    store_with(settings, registry_with_handlers(), bad_date)
+    assert query(db, "SELECT deliveries FROM events WHERE created_at IS NULL") == [(2,)]

@@ -6,6 +6,7 @@ sorted by key so that concurrent batches take row locks in one order.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import defaultdict
 
@@ -23,7 +24,7 @@ _EVENT_COLUMNS = ("event_key", "source", "name", "created_at", "sent_at", "recei
 _INSERT_EVENTS = f"""
 INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
 SELECT {", ".join(_EVENT_COLUMNS)} FROM stage_events ORDER BY event_key
-ON CONFLICT (event_key) DO NOTHING
+ON CONFLICT (event_key, created_at) DO NOTHING
 RETURNING id, event_key::text
 """
 
@@ -63,6 +64,7 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
 
     Returns counts by (name, status) of the events that were new.
     """
+    ensure_months(cur, {i.created_at for receipts in groups.values() for i in receipts[:1]})
     rows = []
     for key, receipts in groups.items():
         first, ids = receipts[0], _receipt_ids(receipts)
@@ -88,6 +90,23 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
             stored.append((first.handler, StoredEvent(event_id, key, first.event)))
     apply_handlers(cur, stored)
     return dict(counts)
+
+
+_known_months: set[tuple[str, dt.date]] = set()
+
+
+def ensure_months(cur, times) -> None:
+    """Create the monthly partitions a batch needs, once per process and month.
+
+    Called first in the batch's transaction: the function serializes creators
+    on an advisory lock, which then precedes every other lock the batch takes.
+    """
+    database = cur.connection.dsn
+    known = {m for d, m in _known_months if d == database}
+    months = {dt.date(t.year, t.month, 1) for t in times if t is not None} - known
+    for month in sorted(months):
+        cur.execute("SELECT pushline_ensure_month(%s)", (month,))
+        _known_months.add((database, month))
 
 
 def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -> None:

@@ -13,7 +13,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-.PHONY: help venv run test test-fast web worker migrate stats bench lint clean
+.PHONY: help venv run test test-fast web worker migrate stats bench explain lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ stats: $(STAMP) ## queue depth, lag and event counts
 
 bench: $(STAMP) ## throughput and latency figures (writes bench/results.json)
 	$(PY) -m bench.run
+
+explain: $(STAMP) ## EXPLAIN the hot queries on 1,000,000 events (writes docs/indexes.md)
+	$(PY) -m bench.explain
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import http_client as http
-from tests.conftest import TOKEN, wait_for
+from tests.conftest import ROOT, TOKEN, wait_for
 from tests.helpers import conversation, drain, enqueue, login
 from tests.test_http import LOGIN
 from web import create_app
@@ -98,3 +98,19 @@ def test_metrics_through_gunicorn_add_up_across_processes(pipeline, db):
         >= 12, what="worker figures")
     after = samples(http.get(f"{pipeline}/metrics").body.decode())
     assert pushes(after, "202", "default") - pushes(before, "202", "default") == 12
+
+
+def test_every_documented_metric_is_exposed_with_its_type(client):
+    resp = client.get("/metrics")
+    families = {f.name: f.type for f in text_string_to_metric_families(resp.get_data(as_text=True))}
+    expected = {
+        "pushline_pushes": "counter", "pushline_enqueue_seconds": "histogram", "pushline_fallback_active": "gauge",
+        "pushline_redis_up": "gauge", "pushline_queue_depth": "gauge", "pushline_queue_claimed_batches": "gauge",
+        "pushline_worker_events": "counter", "pushline_worker_batches": "counter",
+        "pushline_worker_batch_items": "counter", "pushline_worker_retries": "counter",
+        "pushline_worker_reclaimed": "counter", "pushline_worker_lag_seconds": "gauge",
+    }
+    assert {name: families.get(name) for name in expected} == expected
+    readme = (ROOT / "README.md").read_text()
+    for name in expected:
+        assert f"`{name}" in readme, f"{name} is not documented in the README"

@@ -41,3 +41,16 @@ def test_make_help_lists_the_commands():
     out = run_make("help").stdout
     for target in ("run", "test", "web", "worker", "migrate", "bench", "lint"):
         assert f"make {target} " in out
+
+
+def test_settings_are_read_from_a_dot_env_file_and_the_environment_wins(tmp_path, monkeypatch):
+    from pushline.config import Settings
+
+    (tmp_path / ".env").write_text("PUSH_TOKENS=fromfile-0123456789abcdef\nPUSH_TIMEZONE=Europe/Paris\nPORT=8123\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.delenv("PUSH_TOKENS", raising=False)
+    monkeypatch.delenv("PUSH_TIMEZONE", raising=False)
+    settings = Settings.from_env()
+    assert [t.secret for t in settings.tokens] == ["fromfile-0123456789abcdef"]
+    assert settings.timezone == "Europe/Paris" and settings.port == 9000

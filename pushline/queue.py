@@ -44,24 +44,42 @@ end
 return out
 """
 
-# KEYS: incoming, leases; ARGV: now, batch key prefix, max leases.
-# Expired batches go back to the consumer end of `incoming`, oldest last-out
-# order preserved, so they are the next to be claimed.
+# KEYS: incoming, leases, suspect, deadletter, strikes
+# ARGV: now, batch key prefix, max leases, strike limit (0: a release, no strike).
+# An expired lease means its worker died holding the batch: one of its events may
+# be what killed it. Its items go to `suspect`, to be processed one at a time,
+# with a strike each (by receipt id); an item at the strike limit goes to
+# `deadletter` instead, to be stored as rejected without running its handler.
+# A release (the worker gave the batch back itself) returns items to `incoming`.
 _RECLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local limit = tonumber(ARGV[4])
 local moved = 0
 for _, id in ipairs(ids) do
   local key = ARGV[2] .. id
   while true do
-    local item = redis.call('LMOVE', key, KEYS[1], 'LEFT', 'RIGHT')
+    local item = redis.call('LPOP', key)
     if not item then break end
     moved = moved + 1
+    if limit == 0 then
+      redis.call('RPUSH', KEYS[1], item)
+    else
+      local receipt = string.match(item, '^[^\t]*')
+      if redis.call('HINCRBY', KEYS[5], receipt, 1) >= limit then
+        redis.call('HDEL', KEYS[5], receipt)
+        redis.call('RPUSH', KEYS[4], item)
+      else
+        redis.call('RPUSH', KEYS[3], item)
+      end
+    end
   end
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[2], id)
 end
 return moved
 """
+
+STRIKE_LIMIT = 3
 
 
 @dataclass
@@ -78,6 +96,9 @@ class EventQueue:
         self.incoming = f"{prefix}:incoming"
         self.leases = f"{prefix}:leases"
         self.batch_prefix = f"{prefix}:batch:"
+        self.suspect = f"{prefix}:suspect"
+        self.deadletter = f"{prefix}:deadletter"
+        self.strikes = f"{prefix}:strikes"
         self._over_high_water = False
         self._claim = client.register_script(_CLAIM)
         self._reclaim = client.register_script(_RECLAIM)
@@ -111,6 +132,13 @@ class EventQueue:
     def _deadline(self) -> float:
         return time.time() + self.lease_seconds
 
+    def claim_one(self, source: str) -> Batch | None:
+        """One item from `suspect` or `deadletter`, under a lease like any batch."""
+        batch_id = uuid.uuid4().hex
+        items = self._claim(keys=[source, self.batch_prefix + batch_id, self.leases],
+                            args=[1, self._deadline(), batch_id])
+        return Batch(batch_id, list(items)) if items else None
+
     def claim(self, max_items: int, block_seconds: float = 0) -> Batch | None:
         """Take up to `max_items` of the oldest events under a fresh lease.
 
@@ -135,21 +163,27 @@ class EventQueue:
         """Keep a lease alive while its batch is still being worked on."""
         self.redis.zadd(self.leases, {batch.id: self._deadline()}, xx=True)
 
-    def ack(self, batch: Batch) -> None:
+    def ack(self, batch: Batch, suspect: bool = False) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.batch_prefix + batch.id)
             pipe.zrem(self.leases, batch.id)
+            if suspect:  # it did not kill us after all: forget its strikes
+                pipe.hdel(self.strikes, *[item.split(b"\t", 1)[0] for item in batch.items])
             pipe.execute()
 
     def release(self, batch: Batch) -> int:
         """Give a batch back now (e.g. the database is down) instead of waiting for its lease."""
         self.redis.zadd(self.leases, {batch.id: 0}, xx=True)
-        return self.reclaim(now=0)
+        return self._run_reclaim(now=0, limit=100, strike_limit=0)
 
     def reclaim(self, now: float | None = None, limit: int = 100) -> int:
         """Return the items of expired leases to the queue; returns how many moved."""
         now = time.time() if now is None else now
-        return int(self._reclaim(keys=[self.incoming, self.leases], args=[now, self.batch_prefix, limit]))
+        return self._run_reclaim(now, limit, STRIKE_LIMIT)
+
+    def _run_reclaim(self, now: float, limit: int, strike_limit: int) -> int:
+        keys = [self.incoming, self.leases, self.suspect, self.deadletter, self.strikes]
+        return int(self._reclaim(keys=keys, args=[now, self.batch_prefix, limit, strike_limit]))
 
     def oldest_claim_age(self) -> float | None:
         deadlines = self._holding_deadlines()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pushline.queue import EventQueue
+from pushline.queue import STRIKE_LIMIT, EventQueue
 
 
 @pytest.fixture
@@ -33,22 +33,39 @@ def test_claim_takes_the_oldest_under_a_lease_and_ack_forgets_them(queue):
     assert queue.claimed() == 0 and everything(queue) == [b"3", b"4"]
 
 
-def test_an_expired_lease_returns_its_items_to_the_head_of_the_queue(queue):
+def test_an_expired_lease_sends_its_items_to_the_suspects_with_a_strike(queue):
     for i in range(3):
-        queue.push(b"%d" % i, high_water=100)
+        queue.push(b"r%d\tdefault\t1.0\n{}" % i, high_water=100)
     batch = queue.claim(2)
     assert queue.reclaim(now=time.time()) == 0  # not expired yet
-    assert queue.reclaim(now=time.time() + 31) == 2
-    assert queue.claimed() == 0
-    again = queue.claim(2)
-    assert sorted(again.items) == sorted(batch.items)
+    assert queue.reclaim(now=time.time() + 31) == 2  # its worker died holding it
+    assert queue.claimed() == 0 and queue.depth() == 1
+    assert sorted(queue.redis.lrange(queue.suspect, 0, -1)) == sorted(batch.items)
+    assert queue.redis.hgetall(queue.strikes) == {b"r0": b"1", b"r1": b"1"}
+    one = queue.claim_one(queue.suspect)
+    assert len(one.items) == 1
+    queue.ack(one, suspect=True)  # processed fine: its strikes are forgotten
+    assert len(queue.redis.hgetall(queue.strikes)) == 1
 
 
-def test_release_gives_a_batch_back_at_once(queue):
-    queue.push(b"a", high_water=100)
+def test_an_event_that_outlives_three_workers_goes_to_the_dead_letters(queue):
+    queue.push(b"r9\tdefault\t1.0\n{}", high_water=100)
+    batch = queue.claim(1)
+    for strike in range(1, STRIKE_LIMIT + 1):
+        assert queue.reclaim(now=time.time() + 31) == 1
+        if strike < STRIKE_LIMIT:
+            batch = queue.claim_one(queue.suspect)
+            assert batch is not None
+    assert queue.redis.lrange(queue.deadletter, 0, -1) == [b"r9\tdefault\t1.0\n{}"]
+    assert queue.redis.llen(queue.suspect) == 0 and queue.redis.hlen(queue.strikes) == 0
+
+
+def test_release_gives_a_batch_back_at_once_without_a_strike(queue):
+    queue.push(b"a\tdefault\t1.0\n{}", high_water=100)
     batch = queue.claim(10)
     assert queue.release(batch) == 1
     assert queue.depth() == 1 and queue.claimed() == 0
+    assert queue.redis.hlen(queue.strikes) == 0 and queue.redis.llen(queue.suspect) == 0
 
 
 def test_a_worker_waiting_on_an_empty_queue_is_not_a_claimed_batch(queue):

@@ -177,3 +177,28 @@ def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
     assert query(db, "SELECT count(*) FROM spool") == [(0,)]
     assert query(db, "SELECT operator_id, duration_seconds FROM operator_sessions") == [(8, 3600.0)]
     assert sorted(r[0] for r in query(db, "SELECT unnest(receipt_ids) FROM events")) == ["spooled-0", "spooled-1"]
+
+
+def test_a_dead_workers_events_are_processed_one_by_one_and_a_repeat_killer_is_rejected(loop, queue, db):
+    """Simulates workers that die holding a batch (leases that expire unacknowledged)."""
+    import time as _time
+
+    from pushline.queue import STRIKE_LIMIT
+
+    enqueue(queue, login(30, "2014-01-01 08:00:00"), logout(30, "2014-01-01 09:00:00"))
+    queue.claim(10)
+    queue.reclaim(now=_time.time() + 3600)  # that worker died: both become suspects
+    assert drain(loop) == 2  # one at a time
+    assert query(db, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 2)]
+    assert queue.redis.hlen(queue.strikes) == 0
+
+    enqueue(queue, conversation("start", 31, "2014-01-01 08:00:00"))
+    queue.claim(10)
+    for _ in range(STRIKE_LIMIT - 1):
+        queue.reclaim(now=_time.time() + 3600)
+        queue.claim_one(queue.suspect)  # ... and each next worker dies on it too
+    queue.reclaim(now=_time.time() + 3600)
+    drain(loop)
+    [(status, error)] = query(db, "SELECT status, error FROM events WHERE name = 'conversation.start'")
+    assert status == "rejected" and "workers died while processing this event" in error
+    assert query(db, "SELECT count(*) FROM conversations") == [(0,)]  # its handler never ran

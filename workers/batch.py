@@ -30,10 +30,14 @@ class BatchResult:
 
 
 def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | str,
-                  max_custom_data_keys: int | None = None) -> BatchResult:
-    """Store queue items in one transaction."""
+                  max_custom_data_keys: int | None = None, reject: str | None = None) -> BatchResult:
+    """Store queue items in one transaction; with `reject`, store them rejected
+    with that reason and run no handler."""
     with push_timezone(tz, max_custom_data_keys):
         incoming = [read_item(raw, registry) for raw in items]
+    if reject:
+        for item in incoming:
+            item.reject(reject)
     oldest = min((i.received_at for i in incoming), default=None)
     return BatchResult(_store(conn, group_by_key(incoming)), oldest)
 

@@ -24,7 +24,7 @@ import redis
 from pushline import spool
 from pushline.config import Settings
 from pushline.db import TRANSIENT_ERRORS, connect
-from pushline.queue import Batch, EventQueue
+from pushline.queue import STRIKE_LIMIT, Batch, EventQueue
 from pushline.workerstats import WorkerStats
 from workers.batch import process_items
 from workers.registry import Registry
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 RECLAIM_EVERY = 5.0  # seconds between sweeps for batches of dead workers
 FORWARD_EVERY = 1.0  # seconds between looks at the fallback spool
+DEAD_LETTER_REASON = (f"worker: {STRIKE_LIMIT} workers died while processing this event; stored unprocessed"
+                      " (replay it once the cause is fixed)")
 MAX_BACKOFF = 15.0
 
 
@@ -114,16 +116,26 @@ class DrainLoop:
             if moved:
                 log.warning("returned %d events of expired leases to the queue", moved)
                 self.stats.count("reclaimed", moved)
+        # Events a dead worker held: those that outlived too many workers are
+        # stored as rejected unprocessed; the others are processed one at a time.
+        dead = self.queue.claim_one(self.queue.deadletter)
+        if dead is not None:
+            self.store(dead, reject=DEAD_LETTER_REASON)
+            return 1
+        suspect = self.queue.claim_one(self.queue.suspect)
+        if suspect is not None:
+            self.store(suspect, suspect=True)
+            return 1
         batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds)
         if batch is None:
             return 0
         self.store(batch)
         return len(batch.items)
 
-    def store(self, batch: Batch) -> None:
+    def store(self, batch: Batch, suspect: bool = False, reject: str | None = None) -> None:
         try:
             result = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo,
-                                   self.settings.max_custom_data_keys)
+                                   self.settings.max_custom_data_keys, reject=reject)
         except BaseException:
             # Hand the batch back at once rather than after its lease expires.
             try:
@@ -131,7 +143,7 @@ class DrainLoop:
             except redis.RedisError:
                 log.warning("could not release batch %s; its lease will return it", batch.id)
             raise
-        self.queue.ack(batch)
+        self.queue.ack(batch, suspect=suspect)
         self.counts.update(result.counts)
         lag = (dt.datetime.now(dt.UTC) - result.oldest_receipt).total_seconds() if result.oldest_receipt else 0.0
         try:

@@ -205,34 +205,32 @@ def _ppid(proc: Path) -> int | None:
         return None
 
 
-def test_redis_stopped_for_40_seconds(stack, case):
-    sender = Sender(case["url"], numbered(1000), rate=20)  # 50 s of pushes
+def outage(stack, case, name: str, server, sig: int, restart, events: int, rate: float, before: float,
+           down: float, every_push_202: bool = False) -> None:
+    """Push a stream; `before` seconds in, stop `server` with `sig`; restart it `down` seconds later."""
+    sender = Sender(case["url"], numbered(events), rate=rate)
     sender.start()
-    time.sleep(3)
-    stack.kill(stack.rd, signal.SIGTERM)
-    time.sleep(40)
-    stack.start_redis()
-    settle(stack, sender, "Redis stopped 40 s", time.monotonic(), every_push_202=True)
+    time.sleep(before)
+    stack.kill(server, sig)
+    time.sleep(down)
+    restart()
+    settle(stack, sender, name, time.monotonic(), every_push_202=every_push_202)
+
+
+def test_redis_stopped_for_40_seconds(stack, case):
+    # 50 s of pushes; every one must get a 202 (the spool takes them).
+    outage(stack, case, "Redis stopped 40 s", stack.rd, signal.SIGTERM, stack.start_redis,
+           events=1000, rate=20, before=3, down=40, every_push_202=True)
 
 
 def test_redis_sigkill_and_restart_with_aof(stack, case):
-    sender = Sender(case["url"], numbered(600), rate=100)
-    sender.start()
-    time.sleep(2)
-    stack.kill(stack.rd, signal.SIGKILL)
-    time.sleep(1)
-    stack.start_redis()
-    settle(stack, sender, "Redis SIGKILL + AOF restart", time.monotonic())
+    outage(stack, case, "Redis SIGKILL + AOF restart", stack.rd, signal.SIGKILL, stack.start_redis,
+           events=600, rate=100, before=2, down=1)
 
 
 def test_postgresql_stopped_for_40_seconds(stack, case):
-    sender = Sender(case["url"], numbered(1000), rate=20)
-    sender.start()
-    time.sleep(3)
-    stack.kill(stack.pg, signal.SIGINT)
-    time.sleep(40)
-    stack.start_postgres()
-    settle(stack, sender, "PostgreSQL stopped 40 s", time.monotonic(), every_push_202=True)
+    outage(stack, case, "PostgreSQL stopped 40 s", stack.pg, signal.SIGINT, stack.start_postgres,
+           events=1000, rate=20, before=3, down=40, every_push_202=True)
 
 
 def test_worker_sigterm_finishes_or_returns_its_batch(stack, case):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
+from pushline.resp import RespConnection
+
 # KEYS: incoming, batch, leases; ARGV: max items, lease deadline, batch id.
 # Oldest items are at the right end of `incoming`.
 _CLAIM = """
@@ -89,11 +91,14 @@ class Batch:
 
 
 class EventQueue:
-    def __init__(self, client: redis.Redis, prefix: str = "pushline", lease_seconds: int = 60):
+    def __init__(self, client: redis.Redis, prefix: str = "pushline", lease_seconds: int = 60,
+                 fast: RespConnection | None = None):
         self.redis = client
+        self.fast = fast  # the ack path's connection, when the URL allows one
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.incoming = f"{prefix}:incoming"
+        self._incoming = self.incoming.encode()
         self.leases = f"{prefix}:leases"
         self.batch_prefix = f"{prefix}:batch:"
         self.suspect = f"{prefix}:suspect"
@@ -111,6 +116,17 @@ class EventQueue:
         depth it returns tells when to start checking LLEN before each push.
         The queue may thus overshoot by one event per web process.
         """
+        if self.fast is None:
+            return self._push_slow(item, high_water)
+        if self._over_high_water:
+            if self.fast.execute(b"LLEN", self._incoming) >= high_water:
+                return -1
+            self._over_high_water = False
+        depth = self.fast.execute(b"LPUSH", self._incoming, item)
+        self._over_high_water = depth >= high_water
+        return depth
+
+    def _push_slow(self, item: bytes, high_water: int) -> int:
         if self._over_high_water:
             if self.redis.llen(self.incoming) >= high_water:
                 return -1

@@ -11,6 +11,7 @@ from flask import current_app
 
 from pushline.config import Settings
 from pushline.queue import EventQueue
+from pushline.resp import RespConnection
 
 
 def settings() -> Settings:
@@ -23,7 +24,8 @@ def queue() -> EventQueue:
         s = settings()
         # Bounded timeouts: a Redis outage must fail a push fast, never hang it.
         client = redis.Redis.from_url(s.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=30)
-        ext["pushline.queue"] = EventQueue(client, s.queue_prefix, s.lease_seconds)
+        fast = RespConnection.for_url(s.redis_url)  # the push's LPUSH, without redis-py's per-call overhead
+        ext["pushline.queue"] = EventQueue(client, s.queue_prefix, s.lease_seconds, fast=fast)
     return ext["pushline.queue"]
 
 

@@ -25,6 +25,7 @@ DEFAULTS = {
     "PORT": "8000",
     "PUSHLINE_QUEUE_PREFIX": "pushline",
     "PUSHLINE_BATCH_SIZE": "500",
+    "PUSHLINE_BATCH_WAIT_MS": "20",
     "PUSHLINE_LEASE_SECONDS": "60",
     "LOG_LEVEL": "INFO",
 }
@@ -88,6 +89,7 @@ class Settings:
     port: int
     queue_prefix: str
     batch_size: int
+    batch_wait_ms: int
     lease_seconds: int
     log_level: str
 
@@ -126,6 +128,7 @@ class Settings:
             port=integer("PORT"),
             queue_prefix=merged["PUSHLINE_QUEUE_PREFIX"].strip() or "pushline",
             batch_size=integer("PUSHLINE_BATCH_SIZE"),
+            batch_wait_ms=integer("PUSHLINE_BATCH_WAIT_MS", minimum=0),
             lease_seconds=integer("PUSHLINE_LEASE_SECONDS", minimum=5),
             log_level=merged["LOG_LEVEL"].strip().upper() or "INFO",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,8 +21,7 @@ class RawJSON(str):
     """JSON text that is already valid: sent as is, not encoded again."""
 
 
-def _text(value: str) -> str:
-    return value.translate(_ESCAPES)
+_text = operator.methodcaller("translate", _ESCAPES)  # a C call: no Python frame per value
 
 
 def _array(values: list) -> str:
@@ -49,18 +49,17 @@ _FORMAT = {
 }
 
 
-def _field(value: Any) -> str:
+def format_rows(rows: Iterable[Sequence[Any]]) -> str:
+    """COPY's text format. The worker's hottest loop: one comprehension, no call per value but the formatter's."""
+    fmt = _FORMAT
     try:
-        return _FORMAT[type(value)](value)
-    except KeyError:
-        raise TypeError(f"cannot COPY a {type(value).__name__}") from None
+        return "".join(["\t".join([fmt[type(v)](v) for v in row]) + "\n" for row in rows])
+    except KeyError as exc:
+        raise TypeError(f"cannot COPY a {getattr(exc.args[0], '__name__', exc.args[0])}") from None
 
 
 def copy_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    buffer = io.StringIO()
-    buffer.writelines("\t".join(map(_field, row)) + "\n" for row in rows)
-    buffer.seek(0)
-    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer)
+    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(format_rows(rows)))
 
 
 STAGING = """

@@ -91,6 +91,55 @@ def test_a_blocked_claim_wakes_up_for_a_new_item(queue):
     assert queue.claimed() == 1
 
 
+def _push_later(queue, items, delay):
+    def push():
+        time.sleep(delay)
+        for item in items:
+            queue.push(item, high_water=100)
+
+    thread = threading.Thread(target=push)
+    thread.start()
+    return thread
+
+
+def test_a_short_batch_waits_once_for_more_events(queue):
+    queue.push(b"first", high_water=100)
+    pusher = _push_later(queue, [b"second", b"third"], 0.1)
+    batch = queue.claim(10, wait_seconds=1.0)
+    pusher.join()
+    assert sorted(batch.items) == [b"first", b"second", b"third"]
+    assert queue.depth() == 0 and queue.claimed() == 1
+
+
+def test_without_a_wait_a_batch_is_what_the_queue_holds(queue):
+    queue.push(b"first", high_water=100)
+    pusher = _push_later(queue, [b"second"], 0.2)
+    batch = queue.claim(10)
+    pusher.join()
+    assert batch.items == [b"first"] and queue.depth() == 1
+
+
+def test_a_blocked_claim_waits_for_more_after_its_first_event(queue):
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(batch=queue.claim(10, block_seconds=5, wait_seconds=0.5)))
+    waiter.start()
+    time.sleep(0.2)
+    _push_later(queue, [b"a"], 0).join()
+    _push_later(queue, [b"b", b"c"], 0.1).join()
+    waiter.join()
+    assert sorted(result["batch"].items) == [b"a", b"b", b"c"]
+    assert queue.claimed() == 1
+
+
+def test_a_full_batch_does_not_wait(queue):
+    for i in range(3):
+        queue.push(b"%d" % i, high_water=100)
+    started = time.monotonic()
+    batch = queue.claim(2, wait_seconds=30)
+    assert time.monotonic() - started < 10  # far less than the wait it did not need
+    assert sorted(batch.items) == [b"0", b"1"] and queue.depth() == 1  # the oldest two
+
+
 def test_high_water_refuses_once_reached(queue):
     assert queue.push(b"1", high_water=2) == 1
     assert queue.push(b"2", high_water=2) == 2

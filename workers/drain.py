@@ -126,7 +126,8 @@ class DrainLoop:
         if suspect is not None:
             self.store(suspect, suspect=True)
             return 1
-        batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds)
+        batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds,
+                                 wait_seconds=self.settings.batch_wait_ms / 1000)
         if batch is None:
             return 0
         self.store(batch)

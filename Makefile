@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
 
@@ -12,6 +13,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
 
 .PHONY: help venv run test test-fast web worker migrate stats bench explain lint clean
 
@@ -41,7 +46,7 @@ migrate: $(STAMP) ## apply database migrations (idempotent; needs DATABASE_URL)
 stats: $(STAMP) ## queue depth, lag and event counts
 	$(PY) -m pushline.cli stats
 
-bench: $(STAMP) ## throughput and latency figures (writes bench/results.json)
+bench: $(BENCH_STAMP) ## throughput and latency figures (writes bench/results.json and results.png)
 	$(PY) -m bench.run
 
 explain: $(STAMP) ## EXPLAIN the hot queries on 1,000,000 events (writes docs/indexes.md)

@@ -442,6 +442,12 @@ def main(argv=None) -> int:
     out = ROOT / "bench" / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out.relative_to(ROOT)}")
+    try:
+        from bench.chart import draw
+
+        print(f"written: {draw(results, ROOT / 'bench' / 'results.png').relative_to(ROOT)}")
+    except ImportError:
+        print("bench: no chart (matplotlib is not installed: pip install -r requirements-bench.txt)")
     return 0
 
 

@@ -15,19 +15,26 @@ from typing import Any
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
+    # Scalars other than floats are returned by the comprehensions without a
+    # call: this runs for every event the workers read.
+    if type(value) is float:
+        return int(value) if value.is_integer() else value
+    if type(value) is dict:
+        return {k: _canonical(v) if type(v) in _WALK else v for k, v in value.items()}
+    if type(value) is list:
+        return [_canonical(v) if type(v) in _WALK else v for v in value]
     return value
+
+
+_WALK = frozenset((dict, list, float))
+# Made once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def event_key(body: dict[str, Any]) -> str:
     dt = body.get("datetime")
     created = dt.get("created") if isinstance(dt, dict) else None
     triple = [body.get("name"), _canonical(created), _canonical(body.get("parameters"))]
-    text = json.dumps(triple, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(triple)
     # 128 bits, as a uuid: a compact, fast unique index; collisions are out of reach.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -25,14 +25,19 @@ _text = operator.methodcaller("translate", _ESCAPES)  # a C call: no Python fram
 
 
 def _array(values: list) -> str:
+    if all(type(v) is str and v.isalnum() for v in values):  # receipt ids: nothing to quote or escape
+        return "{" + ",".join(values) + "}"
     if all(isinstance(v, str) for v in values):  # text[]
         quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
         return _text("{" + ",".join(quoted) + "}")
     return _json(values)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # once: json.dumps(**options) makes one per call
+
+
 def _json(value: Any) -> str:
-    return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return _text(_ENCODER.encode(value))
 
 
 # Dispatch on the exact type: the batch loop formats every value of every row.

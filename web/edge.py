@@ -21,6 +21,10 @@ def _no_constants(token: str) -> Any:
     raise BadBody(f"body is not valid JSON: {token} is not a JSON value")
 
 
+# Made once: json.loads with options builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def _check_tree(root: Any, check_strings: bool) -> None:
     """Depth limit, and (when the body has \\u escapes) strings jsonb can store."""
     stack = [(root, 1)]
@@ -60,7 +64,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise BadBody("body is not UTF-8") from None
     try:
         # Duplicate keys: the last one wins, as in most JSON parsers.
-        obj = json.loads(text, parse_constant=_no_constants)
+        obj = _DECODER.decode(text)
     except RecursionError:
         raise BadBody(f"body is nested deeper than {MAX_DEPTH} levels") from None
     except json.JSONDecodeError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.fields import Id, PushDateTime, limit_keys, parse_push_datetime
+from schemas.fields import Id, InlineNested, PushDateTime, limit_keys, parse_push_datetime
 
 CONVERSATION_TYPES = ("chat", "call", "video")
 
@@ -49,8 +49,8 @@ def _event_schema(parameters: type[Schema]) -> Schema:
         (_Base,),
         {
             "name": fields.String(required=True),
-            "datetime": fields.Nested(DatetimeSchema, required=True),
-            "parameters": fields.Nested(parameters, required=True),
+            "datetime": InlineNested(DatetimeSchema, required=True),
+            "parameters": InlineNested(parameters, required=True),
         },
     )
     return cls()

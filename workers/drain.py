@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import logging
 import threading
 import time
@@ -83,6 +84,10 @@ class DrainLoop:
     # -- the loop --------------------------------------------------------
     def run(self) -> None:
         failures = 0
+        # Everything imported so far (Celery, kombu, marshmallow...) lives as long as
+        # the process: moved out of the collector's sight, it is not rescanned by
+        # every full collection the batches' garbage triggers.
+        gc.freeze()
         log.info("drain loop started", extra={"worker": self.name})
         while not self.stopping.is_set():
             try:

@@ -149,3 +149,17 @@ def test_worker_logs_are_json_lines_with_the_event_id(pipeline, db, tmp_path_fac
     record = wait_for(line, what="the JSON log line")
     assert record["level"] == "INFO" and record["event_name"] == "conversation.start"
     assert len(record["event_key"]) == 32 and "parameters.type" in record["error"]
+
+
+def test_access_log_off_writes_no_access_line(settings, tmp_path):
+    from tests.conftest import start_web
+
+    web, base = start_web(settings, tmp_path, PUSHLINE_ACCESS_LOG="0")
+    try:
+        assert push(base, {"name": "x"}).status == 202
+        assert http.get(f"{base}/healthz").status == 200
+    finally:
+        web.stop()
+    text = web.output()
+    assert '"gunicorn.error"' in text  # the process did log (its start and stop)
+    assert "gunicorn.access" not in text and "POST /push" not in text

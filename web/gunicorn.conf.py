@@ -11,7 +11,8 @@ worker_class = "sync"
 # SIGTERM: stop accepting, finish in-flight requests, then exit.
 graceful_timeout = 30
 timeout = 30
-accesslog = "-" if os.environ.get("PUSHLINE_ACCESS_LOG", "1") == "1" else None
+_ACCESS_LOG = os.environ.get("PUSHLINE_ACCESS_LOG", "1") == "1"
+accesslog = "-" if _ACCESS_LOG else None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 _TOKEN_IN_PATH = re.compile(r"(/push/)[^\s/?]+")
@@ -19,6 +20,11 @@ _TOKEN_IN_PATH = re.compile(r"(/push/)[^\s/?]+")
 
 class RedactingLogger(Logger):
     """The push token is in the URL path: never write it to a log."""
+
+    def access(self, resp, req, environ, request_time):
+        # gunicorn logs access whenever logconfig_dict is set, even with accesslog = None.
+        if _ACCESS_LOG:
+            super().access(resp, req, environ, request_time)
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)

@@ -386,29 +386,29 @@ class Bench:
 
 
 def drain_rounds(bench: Bench, args) -> dict:
-    """Textbook (2 processes), 1 worker and 2 workers, in a rotating order for
-    `drain_rounds` rounds. Each ratio is the median of the rounds' ratios; the
+    """The textbook with 1 and 2 processes, then 1 and 2 workers, in a rotating order
+    for `drain_rounds` rounds. Each ratio is the median of the rounds' ratios; the
     rates shown are those of the round whose 2-workers/textbook ratio is that median."""
     bodies = Bench.bodies(args.events)
     textbook_bodies = Bench.bodies(args.textbook_events)
-    runs = {"textbook": lambda: bench.textbook(textbook_bodies, 2), "drain_1": lambda: bench.drain(1, bodies),
-            "drain_2": lambda: bench.drain(2, bodies)}
-    out: dict = {"textbook_1": bench.textbook(textbook_bodies, 1), "rounds": []}
+    runs = {"textbook_1": lambda: bench.textbook(textbook_bodies, 1),
+            "textbook": lambda: bench.textbook(textbook_bodies, 2),
+            "drain_1": lambda: bench.drain(1, bodies), "drain_2": lambda: bench.drain(2, bodies)}
+    rounds = []
     for index in range(args.drain_rounds):
-        names = list(runs)[index % 3:] + list(runs)[:index % 3]  # the machine's drift hits each in turn
+        shift = index % len(runs)  # the machine's drift hits each in turn
+        names = list(runs)[shift:] + list(runs)[:shift]
         r = {"order": names, **{name: runs[name]() for name in names}}
+        rate = {name: r[name]["events_per_s"] for name in runs}
         r["ratios"] = {
-            "two_workers_vs_textbook": round(r["drain_2"]["events_per_s"] / r["textbook"]["events_per_s"], 1),
-            "two_workers_vs_one": round(r["drain_2"]["events_per_s"] / r["drain_1"]["events_per_s"], 2),
-            "two_workers_vs_textbook_one_process": round(r["drain_2"]["events_per_s"]
-                                                         / out["textbook_1"]["events_per_s"], 1),
+            "two_workers_vs_textbook": round(rate["drain_2"] / rate["textbook"], 1),
+            "two_workers_vs_one": round(rate["drain_2"] / rate["drain_1"], 2),
+            "two_workers_vs_textbook_one_process": round(rate["drain_2"] / rate["textbook_1"], 1),
         }
-        out["rounds"].append(r)
-    ratios = {key: statistics.median(r["ratios"][key] for r in out["rounds"]) for key in out["rounds"][0]["ratios"]}
-    shown = min(out["rounds"], key=lambda r: abs(r["ratios"]["two_workers_vs_textbook"]
-                                                 - ratios["two_workers_vs_textbook"]))
-    out.update(textbook=shown["textbook"], drain_1=shown["drain_1"], drain_2=shown["drain_2"], drain_ratios=ratios)
-    return out
+        rounds.append(r)
+    ratios = {key: round(statistics.median(r["ratios"][key] for r in rounds), 2) for key in rounds[0]["ratios"]}
+    shown = min(rounds, key=lambda r: abs(r["ratios"]["two_workers_vs_textbook"] - ratios["two_workers_vs_textbook"]))
+    return {"rounds": rounds, **{name: shown[name] for name in runs}, "drain_ratios": ratios}
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -485,7 +485,7 @@ def print_table(r: dict) -> None:
     if len(r.get("rounds", [])) > 1:
         each = [
             f"{x['ratios']['two_workers_vs_textbook']}x/{x['ratios']['two_workers_vs_one']}" for x in r["rounds"]]
-        rows.append(("drain rounds (2w/textbook, 2w/1w)", "", " ".join(each) + " (ratios below: their medians)"))
+        rows.append(("drain rounds (2w/textbook 2p, 2w/1w)", "", " ".join(each) + " (ratios below: their medians)"))
     if "drain_ratios" in r:
         dr = r["drain_ratios"]
         rows.append(("drain ratios", f"{dr['two_workers_vs_textbook']}x textbook",

@@ -494,7 +494,8 @@ def print_table(r: dict) -> None:
     if "lag" in r:
         lg = r["lag"]
         rows.append(("lag 202 -> row visible", f"at {lg['sent_rps']} req/s",
-                     f"p50 {lg['p50_ms']} ms, p99 {lg['p99_ms']} ms"))
+                     f"p50 {lg['p50_ms']} ms, p99 {lg['p99_ms']} ms (target {lg['target_rps']} req/s: half the ack"
+                     " rate, with the workers on the same cores)"))
     memory = []
     if "ack" in r:
         memory.append(f"web {r['ack']['web_peak_rss_mb']} MB")

@@ -94,7 +94,8 @@ class EventQueue:
     def __init__(self, client: redis.Redis, prefix: str = "pushline", lease_seconds: int = 60,
                  fast: RespConnection | None = None):
         self.redis = client
-        self.fast = fast  # the ack path's connection, when the URL allows one
+        # The ack path's bare connection when the URL allows one, else redis-py.
+        self._execute = fast.execute if fast is not None else client.execute_command
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.incoming = f"{prefix}:incoming"
@@ -116,22 +117,11 @@ class EventQueue:
         depth it returns tells when to start checking LLEN before each push.
         The queue may thus overshoot by one event per web process.
         """
-        if self.fast is None:
-            return self._push_slow(item, high_water)
         if self._over_high_water:
-            if self.fast.execute(b"LLEN", self._incoming) >= high_water:
+            if self._execute(b"LLEN", self._incoming) >= high_water:
                 return -1
             self._over_high_water = False
-        depth = self.fast.execute(b"LPUSH", self._incoming, item)
-        self._over_high_water = depth >= high_water
-        return depth
-
-    def _push_slow(self, item: bytes, high_water: int) -> int:
-        if self._over_high_water:
-            if self.redis.llen(self.incoming) >= high_water:
-                return -1
-            self._over_high_water = False
-        depth = int(self.redis.lpush(self.incoming, item))
+        depth = int(self._execute(b"LPUSH", self._incoming, item))
         self._over_high_water = depth >= high_water
         return depth
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from typing import Any
+
+from pushline.jsonvalues import canonical_number
 
 
 def _canonical(value: Any) -> Any:
@@ -23,10 +26,12 @@ def _canonical(value: Any) -> Any:
         return {k: _canonical(v) if type(v) in _WALK else v for k, v in value.items()}
     if type(value) is list:
         return [_canonical(v) if type(v) in _WALK else v for v in value]
+    if type(value) is Decimal:  # a number read exactly (pushline.jsonvalues)
+        return canonical_number(value)
     return value
 
 
-_WALK = frozenset((dict, list, float))
+_WALK = frozenset((dict, list, float, Decimal))
 # Made once: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 

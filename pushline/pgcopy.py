@@ -14,6 +14,8 @@ import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pushline.jsonvalues import dumps_exact
+
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -37,7 +39,10 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # once: 
 
 
 def _json(value: Any) -> str:
-    return _text(_ENCODER.encode(value))
+    try:
+        return _text(_ENCODER.encode(value))
+    except TypeError:  # exact numbers (Decimals) of a body holding 1e400 and the like
+        return _text(dumps_exact(value, ensure_ascii=False, separators=(",", ":")))
 
 
 # Dispatch on the exact type: the batch loop formats every value of every row.

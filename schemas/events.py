@@ -86,19 +86,42 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     return [f"{path}: {messages}"]
 
 
+OUT_OF_RANGE = "Out of range: the instant must fall in years 1 to 9999 in UTC."
+
+
+def in_utc_range(value: dt.datetime) -> bool:
+    """Whether this instant exists in UTC for Python (years 1-9999).
+
+    `0001-01-01T00:00:00+14:00` is a valid local time in year 1 but the last
+    day of 1 BC in UTC: PostgreSQL stores it, Python cannot read it back.
+    """
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def load_event(schema: Schema, body: dict[str, Any]) -> Event:
     """Typed event, or ValidationError whose message names each bad field."""
     try:
         data = schema.load(body)
     except ValidationError as exc:
         raise ValidationError("; ".join(sorted(_flatten(exc.messages)))) from None
-    return Event(data["name"], data["datetime"]["created"], data["datetime"]["sent"], data["parameters"])
+    created, sent = data["datetime"]["created"], data["datetime"]["sent"]
+    bad = [f"datetime.{name}: {OUT_OF_RANGE}" for name, value in (("created", created), ("sent", sent))
+           if not in_utc_range(value)]
+    if bad:
+        raise ValidationError("; ".join(bad))
+    return Event(data["name"], created, sent, data["parameters"])
 
 
 def peek_datetime(body: dict[str, Any], which: str) -> dt.datetime | None:
-    """Best-effort time of an event that is not (or cannot be) loaded."""
+    """Best-effort time of an event that is not (or cannot be) loaded; None
+    when there is none usable (the row then lives in events_undated)."""
     stamp = body.get("datetime")
     try:
-        return parse_push_datetime(stamp.get(which)) if isinstance(stamp, dict) else None
-    except (ValidationError, ValueError):
+        value = parse_push_datetime(stamp.get(which)) if isinstance(stamp, dict) else None
+    except (ValidationError, ValueError, OverflowError):
         return None
+    return value if value is not None and in_utc_range(value) else None

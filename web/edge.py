@@ -7,7 +7,10 @@ we queue is one storable JSON object with a string `name`.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
+
+from pushline.jsonvalues import NotJSON, loads_exact, needs_exact, storable
 
 MAX_DEPTH = 32
 
@@ -26,7 +29,8 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def _check_tree(root: Any, check_strings: bool) -> None:
-    """Depth limit, and (when the body has \\u escapes) strings jsonb can store."""
+    """Depth limit, strings jsonb can store (when the body has \\u escapes),
+    and numbers numeric can store (exact numbers are Decimals)."""
     stack = [(root, 1)]
     while stack:
         value, depth = stack.pop()
@@ -43,6 +47,8 @@ def _check_tree(root: Any, check_strings: bool) -> None:
             stack.extend((item, depth + 1) for item in value)
         elif check_strings and isinstance(value, str):
             _check_string(value)
+        elif type(value) is Decimal and not storable(value):
+            raise BadBody("body holds a number beyond the range PostgreSQL can store")
 
 
 def _check_string(text: str) -> None:
@@ -62,11 +68,14 @@ def parse_body(body: bytes) -> dict[str, Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadBody("body is not UTF-8") from None
+    exact = needs_exact(body)
     try:
         # Duplicate keys: the last one wins, as in most JSON parsers.
-        obj = _DECODER.decode(text)
+        obj = loads_exact(text) if exact else _DECODER.decode(text)
     except RecursionError:
         raise BadBody(f"body is nested deeper than {MAX_DEPTH} levels") from None
+    except NotJSON as exc:
+        raise BadBody(f"body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadBody(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(obj, dict):
@@ -74,7 +83,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     escapes = b"\\u" in body
     # Nesting deeper than MAX_DEPTH needs more than MAX_DEPTH brackets: most
     # bodies are proven shallow by two C-speed counts, without a walk.
-    if escapes or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+    if exact or escapes or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         _check_tree(obj, check_strings=escapes)
     if not isinstance(obj.get("name"), str):
         raise BadBody("body has no string 'name'")

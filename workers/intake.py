@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,12 @@ from marshmallow import ValidationError
 
 from pushline.envelope import Envelope
 from pushline.identity import event_key
+from pushline.jsonvalues import loads_exact, needs_exact
 from schemas import load_event, peek_datetime
 from schemas.events import Event
 from workers.registry import Handler, Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,21 +69,34 @@ def classify(body: Any, registry: Registry) -> tuple[str, str | None, Event | No
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
         return "rejected", "; ".join(map(str, messages)), None, None
+    except Exception as exc:  # a schema that chokes on some input must not stop the queue
+        log.error("schema failed on an event", exc_info=True)
+        return "rejected", f"schema: {type(exc).__name__}: {_first_line(exc)}", None, None
     return "processed", None, event, handler
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:500]
+
+
+def parse_json(text: str):
+    """The body as the edge read it: numbers beyond a float read exactly."""
+    return loads_exact(text) if needs_exact(text) else json.loads(text)
+
+
 def read_item(raw: bytes, registry: Registry) -> Incoming:
+    """Raises only when the item is not even an envelope (the caller dead-letters it)."""
     envelope = Envelope.decode(raw)
     received_at = dt.datetime.fromtimestamp(envelope.received_at, dt.UTC)
     try:
-        raw = envelope.body.decode("utf-8")
-        body = json.loads(raw)
-    except ValueError as exc:  # the web tier checked it; kept anyway if it ever is not
+        text = envelope.body.decode("utf-8")
+        body = parse_json(text)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        status, error, event, handler = classify(body, registry)
+        return Incoming(envelope.receipt_id, envelope.source, received_at, event_key(body), body, status, error,
+                        event, handler, raw=text)
+    except Exception as exc:  # the web tier checked it; kept, rejected, if it ever is not
         text = envelope.body.decode("utf-8", "replace")
         return Incoming(envelope.receipt_id, envelope.source, received_at, event_key({"raw": text}),
-                        {"raw": text}, "rejected", f"body: not JSON ({exc})")
-    status, error, event, handler = classify(body, registry)
-    return Incoming(
-        envelope.receipt_id, envelope.source, received_at, event_key(body), body, status, error, event, handler,
-        raw=raw,
-    )
+                        {"raw": text}, "rejected", f"body: unreadable ({type(exc).__name__}: {_first_line(exc)})")

@@ -1,0 +1,98 @@
+"""JSON numbers beyond a float, read exactly: one decoder for the edge and the workers.
+
+Python reads `1e400` as float('inf') and `1e-400` as 0.0, and refuses an integer
+of more than 4300 digits (ValueError, not a JSONDecodeError). PostgreSQL's jsonb
+stores all three exactly (numeric: up to 131072 digits before the point, 16383
+after). So a body whose text holds such a number is decoded a second way, with
+every number as an exact Decimal: the edge checks the range jsonb can store,
+the workers key and re-encode the event without turning it into `Infinity`.
+
+Most bodies have no such number; two C-speed regex scans prove it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+# A 3-digit exponent or a run of 300 digits: the only spellings of a number
+# that a float may not hold (floats reach 1.8e308; 4300-digit ints fail).
+_MAYBE_HUGE = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|[0-9]{300}")
+_MAYBE_HUGE_TEXT = re.compile(r"[0-9][eE][+-]?[0-9]{3}|[0-9]{300}")
+
+# numeric's limits (PostgreSQL docs, "Arbitrary Precision Numbers").
+NUMERIC_MAX_INTEGER_DIGITS = 131072
+NUMERIC_MAX_SCALE = 16383
+_INT_DIGITS = 4000  # under Python's int-to-str limit (4300), so such ints still encode
+
+
+def _int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= _INT_DIGITS else Decimal(text)
+
+
+class NotJSON(ValueError):
+    """NaN and Infinity: Python's json reads them, they are not JSON."""
+
+
+def _constant(token: str):
+    raise NotJSON(f"{token} is not a JSON value")
+
+
+_EXACT = json.JSONDecoder(parse_float=Decimal, parse_int=_int, parse_constant=_constant)
+
+
+def needs_exact(raw: bytes | str) -> bool:
+    pattern = _MAYBE_HUGE if isinstance(raw, bytes) else _MAYBE_HUGE_TEXT
+    return pattern.search(raw) is not None
+
+
+def loads_exact(text: str) -> Any:
+    """Every float as a Decimal, every integer past 4000 digits too."""
+    return _EXACT.decode(text)
+
+
+def storable(number: Decimal) -> bool:
+    """Whether PostgreSQL's numeric (and so jsonb) can hold this number."""
+    exponent = number.as_tuple().exponent
+    if not isinstance(exponent, int):  # NaN/Infinity never come out of a JSON decoder
+        return False
+    return number.adjusted() < NUMERIC_MAX_INTEGER_DIGITS and -exponent <= NUMERIC_MAX_SCALE
+
+
+def canonical_number(number: Decimal) -> Any:
+    """The value an event's identity uses for an exact number.
+
+    Within a float's range, the float (so that `5e-001` and `0.5` are one
+    value, as in the fast path); beyond it, a tagged text of the normalized
+    number (a string holding U+0000 cannot come from an accepted body).
+    """
+    as_float = float(number)
+    if as_float not in (float("inf"), float("-inf")) and (as_float != 0.0 or number.is_zero()):
+        return int(as_float) if as_float.is_integer() else as_float
+    return "\x00number:" + str(number.normalize())
+
+
+class _Placeholders(json.JSONEncoder):
+    """Encodes Decimals as unique string tokens, swapped for the number text after."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.numbers: list[str] = []
+
+    def default(self, o):
+        if isinstance(o, Decimal):
+            self.numbers.append(str(o))
+            return f"\x00{len(self.numbers) - 1}\x00"
+        return super().default(o)
+
+
+_TOKEN = re.compile(r'"\\u0000(\d+)\\u0000"')
+
+
+def dumps_exact(value: Any, **options) -> str:
+    """json.dumps that writes Decimals as the numbers they are (`1E+400`, not a string)."""
+    encoder = _Placeholders(**options)
+    text = encoder.encode(value)
+    return _TOKEN.sub(lambda m: encoder.numbers[int(m.group(1))], text)

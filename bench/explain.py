@@ -18,7 +18,6 @@ from pushline.db import migrate
 ROOT = Path(__file__).resolve().parent.parent
 
 FILL = """
-SELECT pushline_ensure_month(d::date) FROM generate_series('2024-01-01'::date, '2024-12-01', '1 month') d;
 INSERT INTO events (event_key, source, name, created_at, sent_at, received_at, deliveries, receipt_ids, payload,
                     status, error)
 SELECT md5(i::text)::uuid, 'default',
@@ -26,18 +25,18 @@ SELECT md5(i::text)::uuid, 'default',
        t, t, t, 1, ARRAY[md5(i::text)], jsonb_build_object('n', i),
        CASE WHEN i %% 1000 = 0 THEN 'rejected' ELSE 'processed' END,
        CASE WHEN i %% 1000 = 0 THEN 'parameters.type: Must be one of: chat, call, video.' END
-FROM generate_series(1, %(n)s) i, LATERAL (SELECT '2024-01-01'::timestamptz + i * interval '31 seconds') x(t);
+FROM generate_series(1, %(n)s) i, LATERAL (SELECT '2026-01-01'::timestamptz + i * interval '31 seconds') x(t);
 INSERT INTO conversations (conversation_id, type, operator_id, website_id, group_id, started_at, ended_at,
                            attrs_from, attrs_created_at, attrs_event_key)
-SELECT i, 'chat', i %% 500, i %% 20, i %% 7, '2024-01-01'::timestamptz + i * interval '2 minutes',
-       '2024-01-01'::timestamptz + i * interval '2 minutes' + interval '9 minutes', 'start', now(), md5(i::text)::uuid
+SELECT i, 'chat', i %% 500, i %% 20, i %% 7, '2026-01-01'::timestamptz + i * interval '2 minutes',
+       '2026-01-01'::timestamptz + i * interval '2 minutes' + interval '9 minutes', 'start', now(), md5(i::text)::uuid
 FROM generate_series(1, %(n)s / 4) i;
 INSERT INTO operator_sessions (operator_id, login_at, logout_at)
-SELECT i %% 500, '2024-01-01'::timestamptz + i * interval '2 minutes',
-       '2024-01-01'::timestamptz + i * interval '2 minutes' + interval '3 hours'
+SELECT i %% 500, '2026-01-01'::timestamptz + i * interval '2 minutes',
+       '2026-01-01'::timestamptz + i * interval '2 minutes' + interval '3 hours'
 FROM generate_series(1, %(n)s / 4) i;
 INSERT INTO operator_events (event_id, operator_id, at, kind)
-SELECT i, i %% 500, '2024-01-01'::timestamptz + i * interval '1 minute',
+SELECT i, i %% 500, '2026-01-01'::timestamptz + i * interval '1 minute',
        CASE WHEN i %% 2 = 0 THEN 'login' ELSE 'logout' END
 FROM generate_series(1, %(n)s / 2) i;
 ANALYZE;
@@ -51,15 +50,15 @@ QUERIES = [
     ("`replay` pages through rejected/unhandled events: the partial index events_not_processed",
      "SELECT id FROM events WHERE id > 0 AND status = ANY('{rejected,unhandled}') ORDER BY id LIMIT 500"),
     ("`replay --since/--until` and retention: partition pruning, then events_created_at",
-     "SELECT count(*) FROM events WHERE created_at >= '2024-03-10' AND created_at < '2024-03-11'"),
+     "SELECT count(*) FROM events WHERE created_at >= '2026-03-10' AND created_at < '2026-03-11'"),
     ("The status page's last minute: events_received_at",
-     "SELECT count(*) FROM events WHERE received_at > '2024-12-01'::timestamptz - interval '1 minute'"),
+     "SELECT count(*) FROM events WHERE received_at > '2026-12-01'::timestamptz - interval '1 minute'"),
     ("Session pairing: last login before the new events (operator_sessions_login)",
-     "SELECT max(login_at) FROM operator_sessions WHERE operator_id = 42 AND login_at < '2024-06-01'"),
+     "SELECT max(login_at) FROM operator_sessions WHERE operator_id = 42 AND login_at < '2026-06-01'"),
     ("Session pairing: the operator's events in the window (operator_events_operator_at)",
-     "SELECT at, kind FROM operator_events WHERE operator_id = 42 AND at >= '2024-06-01' ORDER BY at"),
+     "SELECT at, kind FROM operator_events WHERE operator_id = 42 AND at >= '2026-06-01' ORDER BY at"),
     ("An analyst's day of conversations (conversations_started_at)",
-     "SELECT count(*) FROM conversations WHERE started_at >= '2024-03-10' AND started_at < '2024-03-11'"),
+     "SELECT count(*) FROM conversations WHERE started_at >= '2026-03-10' AND started_at < '2026-03-11'"),
 ]
 
 

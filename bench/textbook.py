@@ -17,7 +17,6 @@ app = Celery("textbook", broker=os.environ.get("REDIS_URL", "redis://127.0.0.1:6
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4, worker_hijack_root_logger=False,
                 broker_transport_options={"global_keyprefix": "pushline-bench-textbook:"})
 _conn = None
-_months: set = set()
 
 
 def conn():
@@ -34,10 +33,6 @@ def store(body_text: str) -> None:
     c = conn()
     with c, c.cursor() as cur:
         key = event_key(body)
-        month = event.created.date().replace(day=1)
-        if month not in _months:
-            cur.execute("SELECT pushline_ensure_month(%s)", (month,))
-            _months.add(month)
         cur.execute("""INSERT INTO events (event_key, source, name, created_at, sent_at, received_at, payload, status,
                                            receipt_ids)
                        VALUES (%s, 'default', %s, %s, %s, now(), %s, 'processed', ARRAY[%s])

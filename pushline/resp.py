@@ -86,7 +86,9 @@ class RespConnection:
     def execute(self, *args: bytes):
         """Send one command, return its reply. A socket that was already open
         gets one retry on a fresh socket (Redis restarted since its last use);
-        the command may then have run twice, which at-least-once delivery allows."""
+        the command may then have run twice, which at-least-once delivery allows.
+        A timeout gets none: the server is there but not answering (paused, or
+        a lost network), and a second wait would only double the push's delay."""
         reused = getattr(self.local, "sock", None) is not None
         for attempt in (1, 2):
             try:
@@ -97,7 +99,7 @@ class RespConnection:
                 raise
             except (OSError, hiredis.ProtocolError) as exc:
                 self.close()
-                if attempt == 2 or not reused:
+                if attempt == 2 or not reused or isinstance(exc, TimeoutError):
                     if isinstance(exc, TimeoutError):
                         raise redis.TimeoutError(f"Redis did not answer in time: {exc}") from exc
                     raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc

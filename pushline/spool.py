@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import psycopg2
 
+from pushline.db import BoundedSession
 from pushline.queue import EventQueue
 
 
-def spool(conn, item: bytes) -> None:
-    with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO spool (item) VALUES (%s)", (psycopg2.Binary(item),))
+def spool(session: BoundedSession, item: bytes) -> None:
+    """Durable once this returns: the session commits each statement."""
+    session.execute("INSERT INTO spool (item) VALUES (%s)", (psycopg2.Binary(item),))
 
 
 def forward(conn, queue: EventQueue, limit: int = 500) -> int:
@@ -30,6 +31,13 @@ def forward(conn, queue: EventQueue, limit: int = 500) -> int:
         queue.redis.rpush(queue.incoming, *[bytes(item) for _, item in reversed(rows)])
         cur.execute("DELETE FROM spool WHERE id = ANY(%s)", ([i for i, _ in rows],))
     return len(rows)
+
+
+def oldest(conn) -> float | None:
+    """Unix time of the oldest spooled event, if any."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM min(spooled_at))::float8 FROM spool")
+        return cur.fetchone()[0]
 
 
 def depth(conn) -> int:

@@ -6,12 +6,16 @@ import contextlib
 import time
 
 import psycopg2
-import redis
 from flask import current_app
 
+from pushline import redis_client
 from pushline.config import Settings
+from pushline.db import BoundedSession
 from pushline.queue import EventQueue
 from pushline.resp import RespConnection
+
+# A push waits at most this long on PostgreSQL (the spool), per statement.
+SPOOL_IO_SECONDS = 2.0
 
 
 def settings() -> Settings:
@@ -23,7 +27,7 @@ def queue() -> EventQueue:
     if "pushline.queue" not in ext:
         s = settings()
         # Bounded timeouts: a Redis outage must fail a push fast, never hang it.
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=30)
+        client = redis_client.client(s.redis_url, "web")
         fast = RespConnection.for_url(s.redis_url)  # the push's LPUSH, without redis-py's per-call overhead
         ext["pushline.queue"] = EventQueue(client, s.queue_prefix, s.lease_seconds, fast=fast)
     return ext["pushline.queue"]
@@ -47,11 +51,14 @@ def breaker() -> RedisBreaker:
     return current_app.extensions.setdefault("pushline.breaker", RedisBreaker())
 
 
-def spool_connection():
-    """This process's PostgreSQL connection for the fallback, (re)made on demand."""
+def spool_connection() -> BoundedSession:
+    """This process's PostgreSQL session for the fallback, (re)made on demand.
+
+    Bounded: with PostgreSQL paused as well as Redis, a push gets its 503
+    within seconds instead of hanging until gunicorn kills the worker."""
     conn = current_app.extensions.get("pushline.spool")
     if conn is None or conn.closed:
-        conn = psycopg2.connect(settings().database_url, connect_timeout=2, application_name="pushline-web")
+        conn = BoundedSession(settings().database_url, "pushline-web", io_seconds=SPOOL_IO_SECONDS)
         current_app.extensions["pushline.spool"] = conn
     return conn
 
@@ -65,9 +72,34 @@ def drop_spool_connection() -> None:
 
 def database_answers() -> bool:
     try:
-        with psycopg2.connect(settings().database_url, connect_timeout=2) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        conn.close()
+        session = BoundedSession(settings().database_url, "pushline-web-ready", io_seconds=2.0)
+    except psycopg2.Error:
+        return False
+    try:
+        session.execute("SELECT 1")
         return True
     except psycopg2.Error:
         return False
+    finally:
+        session.close()
+
+
+def status_session() -> BoundedSession:
+    """One bounded PostgreSQL session per process for /status.json and /metrics."""
+    conn = current_app.extensions.get("pushline.status")
+    if conn is None or conn.closed:
+        conn = BoundedSession(settings().database_url, "pushline-web-status", io_seconds=2.0)
+        current_app.extensions["pushline.status"] = conn
+    return conn
+
+
+def status_query(sql: str, params=None) -> list[tuple]:
+    """Rows of a status query; the session is dropped on any error (made anew next time)."""
+    try:
+        return status_session().execute(sql, params).fetchall()
+    except psycopg2.Error:
+        conn = current_app.extensions.pop("pushline.status", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        raise

@@ -6,12 +6,12 @@ sorted by key so that concurrent batches take row locks in one order.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections import defaultdict
 
-from psycopg2.extras import Json, execute_values
+from psycopg2.extras import execute_values
 
+from pushline.jsonvalues import dumps_exact
 from pushline.pgcopy import RawJSON, stage_rows
 from workers.intake import Incoming
 from workers.registry import Handler, StoredEvent
@@ -55,6 +55,10 @@ def _payload(item: Incoming):
     return RawJSON(item.raw) if item.raw is not None else item.body
 
 
+def _payload_text(item: Incoming) -> str:
+    return item.raw if item.raw is not None else dumps_exact(item.body)
+
+
 def _receipt_ids(receipts: list[Incoming]) -> list[str]:
     return list(dict.fromkeys(i.receipt_id for i in receipts))  # the same item twice in one batch counts once
 
@@ -64,7 +68,6 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
 
     Returns counts by (name, status) of the events that were new.
     """
-    ensure_months(cur, {i.created_at for receipts in groups.values() for i in receipts[:1]})
     rows = []
     for key, receipts in groups.items():
         first, ids = receipts[0], _receipt_ids(receipts)
@@ -92,23 +95,6 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
     return dict(counts)
 
 
-_known_months: set[tuple[str, dt.date]] = set()
-
-
-def ensure_months(cur, times) -> None:
-    """Create the monthly partitions a batch needs, once per process and month.
-
-    Called first in the batch's transaction: the function serializes creators
-    on an advisory lock, which then precedes every other lock the batch takes.
-    """
-    database = cur.connection.dsn
-    known = {m for d, m in _known_months if d == database}
-    months = {dt.date(t.year, t.month, 1) for t in times if t is not None} - known
-    for month in sorted(months):
-        cur.execute("SELECT pushline_ensure_month(%s)", (month,))
-        _known_months.add((database, month))
-
-
 def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -> None:
     # Row locks in id order first: UPDATE ... FROM may visit rows in any order,
     # and two batches adding receipts to the same events must not lock them crosswise.
@@ -119,7 +105,9 @@ def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -
         fresh = [r for r in _receipt_ids(groups[key]) if r not in set(known)]
         if fresh:
             first = groups[key][0]
-            updates.append((event_id, fresh, first.received_at, first.source, Json(first.body)))
+            # The body's own text, as for the insert: re-encoding the parsed body
+            # would turn a number like 1e400 into `Infinity`, which is not JSON.
+            updates.append((event_id, fresh, first.received_at, first.source, _payload_text(first)))
     if updates:
         execute_values(cur, _ADD_RECEIPTS, updates,
                        template="(%s::bigint, %s::text[], %s::timestamptz, %s::text, %s::jsonb)",

@@ -4,8 +4,10 @@
   web       run the web tier (gunicorn) with settings from the environment
   worker    run one Celery worker with its own node name
   run       everything on one machine, with embedded servers if needed
-  stats     queue depth, oldest pending age, event counts by name and status, rejected reasons
-  replay    process rejected/unhandled events again (or a time range; --rebuild: everything)
+  stats     queue depth, oldest pending age, dead letters, workers' progress, event counts
+  health    exit 1 when events wait and this host's workers made no progress (for supervisors)
+  replay    process rejected/unhandled events again (or a time range; --rebuild: everything;
+            --dead-letters: put parked items back on the queue)
   prune     delete events created before a date (derived tables keep their rows)
 """
 
@@ -87,13 +89,24 @@ def _when(text: str, settings: Settings):
     return value if value.tzinfo else value.replace(tzinfo=settings.tzinfo)
 
 
+def _queue(settings: Settings):
+    from pushline import redis_client
+    from pushline.queue import EventQueue
+
+    return EventQueue(redis_client.client(settings.redis_url, "tool"), settings.queue_prefix, settings.lease_seconds)
+
+
 def cmd_replay(args) -> int:
-    from pushline.db import connect
+    from pushline.db import TOOL, connect
     from workers.handlers import registry_with_handlers
     from workers.replay import Selection, rebuild, replay
 
+    if args.dead_letters:
+        moved = _queue(_settings("REDIS_URL")).requeue_dead_letters()
+        print(json.dumps({"dead_letters_requeued": moved}))
+        return 0
     settings = _settings("DATABASE_URL")
-    conn = connect(settings.database_url, "pushline-replay")
+    conn = connect(settings.database_url, "pushline-replay", TOOL)
     try:
         if args.rebuild:
             counts = rebuild(conn, registry_with_handlers(), settings.tzinfo)
@@ -113,11 +126,11 @@ def cmd_replay(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from pushline.db import connect
+    from pushline.db import TOOL, connect
     from workers.replay import prune
 
     settings = _settings("DATABASE_URL")
-    conn = connect(settings.database_url, "pushline-prune")
+    conn = connect(settings.database_url, "pushline-prune", TOOL)
     try:
         deleted = prune(conn, _when(args.before, settings))
     finally:
@@ -127,39 +140,64 @@ def cmd_prune(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    import redis
-
-    from pushline.db import connect
-    from pushline.queue import EventQueue
+    from pushline import spool
+    from pushline.db import TOOL, connect
+    from pushline.pending import oldest_pending_seconds, stalled_workers
+    from pushline.workerstats import WorkerStats
 
     settings = _settings("REDIS_URL", "DATABASE_URL")
-    queue = EventQueue(redis.Redis.from_url(settings.redis_url), settings.queue_prefix, settings.lease_seconds)
-    conn = connect(settings.database_url, "pushline-stats")
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT name, status, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2")
-        counts = [{"name": n, "status": s, "events": c} for n, s, c in cur.fetchall()]
-        cur.execute("""SELECT error, count(*) FROM events WHERE status = 'rejected'
-                       GROUP BY 1 ORDER BY 2 DESC LIMIT 10""")
-        reasons = [{"error": e, "events": c} for e, c in cur.fetchall()]
-    conn.close()
-    oldest = queue.redis.lindex(queue.incoming, -1)
-    oldest_age = None
-    if oldest is not None:
-        import time
-
-        from pushline.envelope import Envelope
-
-        oldest_age = round(time.time() - Envelope.decode(oldest).received_at, 3)
+    queue = _queue(settings)
+    conn = connect(settings.database_url, "pushline-stats", TOOL)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT name, status, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2")
+            counts = [{"name": n, "status": s, "events": c} for n, s, c in cur.fetchall()]
+            cur.execute("""SELECT error, count(*) FROM events WHERE status = 'rejected'
+                           GROUP BY 1 ORDER BY 2 DESC LIMIT 10""")
+            reasons = [{"error": e, "events": c} for e, c in cur.fetchall()]
+        spool_oldest, spooled = spool.oldest(conn), spool.depth(conn)
+    finally:
+        conn.close()
+    workers = WorkerStats(queue.redis, settings.queue_prefix).drain_states()
+    stalled = set(stalled_workers(workers, settings.worker_stall_seconds))
     report = {
         "queue_depth": queue.depth(),
-        "oldest_pending_age_seconds": oldest_age,
+        "oldest_pending_seconds": oldest_pending_seconds(queue, spool_oldest),
         "claimed_batches": queue.claimed(),
         "oldest_claim_age_seconds": queue.oldest_claim_age(),
+        "spooled": spooled,
+        "dead_letters": queue.dead_letter_count(),
+        "dead_letter_reasons": queue.dead_letter_reasons(),
+        "workers": {name: {**state, "stalled": name in stalled} for name, state in sorted(workers.items())},
         "events": counts,
         "rejected_reasons": reasons,
     }
     print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def cmd_health(args) -> int:
+    """For a supervisor's health check: exit 1 when events have waited longer than
+    the stall time and no worker of this host (or the one named) progressed within it."""
+    import time
+
+    from pushline.pending import oldest_pending_seconds
+    from pushline.workerstats import WorkerStats
+
+    settings = _settings("REDIS_URL")
+    stall = args.max_stall or settings.worker_stall_seconds
+    queue = _queue(settings)
+    oldest = oldest_pending_seconds(queue, None)
+    states = WorkerStats(queue.redis, settings.queue_prefix).drain_states()
+    mine = {n: s for n, s in states.items()
+            if (n == args.worker if args.worker else n.endswith("@" + socket.gethostname()))}
+    now = time.time()
+    progress = max((float(s.get("last_progress", 0)) for s in mine.values()), default=None)
+    since = None if progress is None else round(now - progress, 1)
+    healthy = oldest <= stall or (since is not None and since <= stall)
+    print(json.dumps({"healthy": healthy, "oldest_pending_seconds": oldest, "workers": sorted(mine),
+                      "seconds_since_progress": since, "max_stall_seconds": stall}))
+    return 0 if healthy else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("run", help="run everything locally").set_defaults(func=cmd_run)
     sub.add_parser("stats", help="queue and event statistics").set_defaults(func=cmd_stats)
+    health = sub.add_parser("health", help="exit 1 when events wait and the worker(s) made no progress")
+    health.add_argument("--worker", help="node name (default: every worker of this host)")
+    health.add_argument("--max-stall", type=float, help="seconds (default: PUSHLINE_WORKER_STALL_SECONDS)")
+    health.set_defaults(func=cmd_health)
     replay = sub.add_parser("replay", help="process stored events again")
     replay.add_argument("--status", default="rejected,unhandled", help="comma-separated (default: %(default)s)")
     replay.add_argument("--all-statuses", action="store_true", help="every status (with --since/--until)")
     replay.add_argument("--name", action="append", help="only events of this name (repeatable)")
     replay.add_argument("--since", help="created at or after (date or ISO datetime)")
     replay.add_argument("--until", help="created before (date or ISO datetime)")
+    replay.add_argument("--dead-letters", action="store_true",
+                        help="put the parked dead letters back on the queue (after a fix)")
     replay.add_argument("--rebuild", action="store_true",
                         help="empty conversations and operator_sessions and rebuild them from all events")
     replay.set_defaults(func=cmd_replay)

@@ -27,6 +27,7 @@ DEFAULTS = {
     "PUSHLINE_BATCH_SIZE": "500",
     "PUSHLINE_BATCH_WAIT_MS": "20",
     "PUSHLINE_LEASE_SECONDS": "60",
+    "PUSHLINE_WORKER_STALL_SECONDS": "300",
     "LOG_LEVEL": "INFO",
 }
 
@@ -92,6 +93,7 @@ class Settings:
     batch_wait_ms: int
     lease_seconds: int
     log_level: str
+    worker_stall_seconds: int = 300
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -131,6 +133,7 @@ class Settings:
             batch_wait_ms=integer("PUSHLINE_BATCH_WAIT_MS", minimum=0),
             lease_seconds=integer("PUSHLINE_LEASE_SECONDS", minimum=5),
             log_level=merged["LOG_LEVEL"].strip().upper() or "INFO",
+            worker_stall_seconds=integer("PUSHLINE_WORKER_STALL_SECONDS", minimum=5),
         )
 
     @classmethod

@@ -46,39 +46,97 @@ end
 return out
 """
 
-# KEYS: incoming, leases, suspect, deadletter, strikes
-# ARGV: now, batch key prefix, max leases, strike limit (0: a release, no strike).
-# An expired lease means its worker died holding the batch: one of its events may
-# be what killed it. Its items go to `suspect`, to be processed one at a time,
-# with a strike each (by receipt id); an item at the strike limit goes to
-# `deadletter` instead, to be stored as rejected without running its handler.
-# A release (the worker gave the batch back itself) returns items to `incoming`.
-_RECLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local limit = tonumber(ARGV[4])
+# The items of a batch whose lease ends, by expiry or by release:
+# KEYS: incoming, leases, suspect, struck, strikes
+# ARGV: batch key prefix, strike limit (0: back to `incoming`, no strike), then batch ids.
+# An expired lease means its worker died (or stalled past its lease, which we
+# cannot tell apart) holding the batch: one of its events may be what killed
+# it. Its items go to `suspect`, to be processed one at a time, with a strike
+# each (by receipt id); an item at the strike limit goes to `struck` instead,
+# to be stored as rejected without running its handler. A plain release (the
+# database is down) returns items to the consumer end of `incoming`.
+_END_LEASES = """
+local limit = tonumber(ARGV[2])
 local moved = 0
-for _, id in ipairs(ids) do
-  local key = ARGV[2] .. id
-  while true do
-    local item = redis.call('LPOP', key)
-    if not item then break end
-    moved = moved + 1
-    if limit == 0 then
-      redis.call('RPUSH', KEYS[1], item)
-    else
-      local receipt = string.match(item, '^[^\t]*')
-      if redis.call('HINCRBY', KEYS[5], receipt, 1) >= limit then
-        redis.call('HDEL', KEYS[5], receipt)
-        redis.call('RPUSH', KEYS[4], item)
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. id
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    while true do
+      local item = redis.call('LPOP', key)
+      if not item then break end
+      moved = moved + 1
+      if limit == 0 then
+        redis.call('RPUSH', KEYS[1], item)
       else
-        redis.call('RPUSH', KEYS[3], item)
+        local receipt = string.match(item, '^[^\t]*')
+        if redis.call('HINCRBY', KEYS[5], receipt, 1) >= limit then
+          redis.call('HDEL', KEYS[5], receipt)
+          redis.call('RPUSH', KEYS[4], item)
+        else
+          redis.call('RPUSH', KEYS[3], item)
+        end
       end
     end
+    redis.call('DEL', key)
   end
-  redis.call('DEL', key)
-  redis.call('ZREM', KEYS[2], id)
 end
 return moved
+"""
+
+# Acknowledge a stored batch, only while its lease is ours: a worker that
+# stalled past its lease finds its items already given to another worker, and
+# changes nothing here (the database side made its writes no-ops).
+# KEYS: batch, leases, strikes, dead letters, dead-letter reasons
+# ARGV: batch id, forget strikes (0/1), then pairs of (dead item, reason).
+_ACK = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if ARGV[2] == '1' then
+  for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    redis.call('HDEL', KEYS[3], string.match(item, '^[^\t]*'))
+  end
+end
+for i = 3, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[4], ARGV[i])
+  redis.call('HSET', KEYS[5], string.match(ARGV[i], '^[^\t]*'), ARGV[i + 1])
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# One item from the first non-empty list of KEYS[3..], under a lease like any batch.
+# KEYS: batch, leases, sources...; ARGV: lease deadline, batch id. Returns {source index, item}.
+_CLAIM_ONE = """
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    redis.call('RPUSH', KEYS[1], item)
+    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+    return {i - 2, item}
+  end
+end
+return {}
+"""
+
+# The receipt time (envelope header) of the oldest item at either end of each
+# list: the queue, every claimed batch, suspects, struck and dead letters.
+# KEYS: incoming, leases, suspect, struck, dead letters; ARGV: batch key prefix.
+_OLDEST = """
+local oldest = nil
+local function look(key)
+  for _, index in ipairs({0, -1}) do
+    local item = redis.call('LINDEX', key, index)
+    if item then
+      local t = tonumber(string.match(item, '^[^\t]*\t[^\t]*\t([^\\n]*)'))
+      if t and (oldest == nil or t < oldest) then oldest = t end
+    end
+  end
+end
+look(KEYS[1]); look(KEYS[3]); look(KEYS[4]); look(KEYS[5])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do look(ARGV[1] .. id) end
+if oldest == nil then return false end
+return tostring(oldest)
 """
 
 STRIKE_LIMIT = 3
@@ -103,11 +161,20 @@ class EventQueue:
         self.leases = f"{prefix}:leases"
         self.batch_prefix = f"{prefix}:batch:"
         self.suspect = f"{prefix}:suspect"
-        self.deadletter = f"{prefix}:deadletter"
+        # Items that outlived STRIKE_LIMIT workers: stored rejected, unprocessed.
+        # (The key kept its first name, "deadletter", so that upgrades find them.)
+        self.struck = f"{prefix}:deadletter"
         self.strikes = f"{prefix}:strikes"
+        # Items that could not be stored at all, not even as rejected: parked,
+        # counted in stats, /metrics and /status, brought back by `replay --dead-letters`.
+        self.dead_letters = f"{prefix}:dead-letters"
+        self.dead_reasons = f"{prefix}:dead-letter-reasons"
         self._over_high_water = False
         self._claim = client.register_script(_CLAIM)
-        self._reclaim = client.register_script(_RECLAIM)
+        self._end_leases = client.register_script(_END_LEASES)
+        self._ack = client.register_script(_ACK)
+        self._claim_one = client.register_script(_CLAIM_ONE)
+        self._oldest = client.register_script(_OLDEST)
         self._holding = client.register_script(_HOLDING)
 
     def push(self, item: bytes, high_water: int) -> int:
@@ -138,12 +205,15 @@ class EventQueue:
     def _deadline(self) -> float:
         return time.time() + self.lease_seconds
 
-    def claim_one(self, source: str) -> Batch | None:
-        """One item from `suspect` or `deadletter`, under a lease like any batch."""
+    def claim_one(self, *sources: str) -> tuple[str, Batch] | None:
+        """One item from the first non-empty of `sources`, under a lease like any batch."""
         batch_id = uuid.uuid4().hex
-        items = self._claim(keys=[source, self.batch_prefix + batch_id, self.leases],
-                            args=[1, self._deadline(), batch_id])
-        return Batch(batch_id, list(items)) if items else None
+        got = self._claim_one(keys=[self.batch_prefix + batch_id, self.leases, *sources],
+                              args=[self._deadline(), batch_id])
+        if not got:
+            return None
+        index, item = got
+        return sources[int(index) - 1], Batch(batch_id, [item])
 
     def claim(self, max_items: int, block_seconds: float = 0, wait_seconds: float = 0) -> Batch | None:
         """Take up to `max_items` of the oldest events under a fresh lease.
@@ -174,31 +244,68 @@ class EventQueue:
                                  args=[max_items - len(items), self._deadline(), batch_id])
         return Batch(batch_id, items)
 
-    def extend(self, batch: Batch) -> None:
-        """Keep a lease alive while its batch is still being worked on."""
-        self.redis.zadd(self.leases, {batch.id: self._deadline()}, xx=True)
+    def extend(self, batch_ids: list[str]) -> list[str]:
+        """Keep leases alive while their batches are worked on; returns the ids
+        whose lease is gone (expired and reclaimed: the batch is no longer ours)."""
+        if not batch_ids:
+            return []
+        deadline = self._deadline()
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.zadd(self.leases, {batch_id: deadline}, xx=True, ch=True)
+        return [b for b, changed in zip(batch_ids, pipe.execute(), strict=True) if not changed]
 
-    def ack(self, batch: Batch, suspect: bool = False) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.batch_prefix + batch.id)
-            pipe.zrem(self.leases, batch.id)
-            if suspect:  # it did not kill us after all: forget its strikes
-                pipe.hdel(self.strikes, *[item.split(b"\t", 1)[0] for item in batch.items])
-            pipe.execute()
+    def ack(self, batch: Batch, suspect: bool = False, dead: list[tuple[bytes, str]] = ()) -> bool:
+        """Remove a stored batch (parking its dead letters); False when the
+        lease was no longer ours, in which case nothing changes."""
+        args = [batch.id, "1" if suspect else "0"]
+        for item, reason in dead:
+            args += [item, reason]
+        keys = [self.batch_prefix + batch.id, self.leases, self.strikes, self.dead_letters, self.dead_reasons]
+        return bool(self._ack(keys=keys, args=args))
 
-    def release(self, batch: Batch) -> int:
-        """Give a batch back now (e.g. the database is down) instead of waiting for its lease."""
-        self.redis.zadd(self.leases, {batch.id: 0}, xx=True)
-        return self._run_reclaim(now=0, limit=100, strike_limit=0)
+    def release(self, batch: Batch, strike: bool = False) -> int:
+        """Give a batch back now instead of waiting for its lease: to the head of
+        the queue (the database is down), or with `strike` to `suspect`, one
+        strike per item (the batch failed in a way that may be one item's fault)."""
+        return self._end([batch.id], STRIKE_LIMIT if strike else 0)
 
     def reclaim(self, now: float | None = None, limit: int = 100) -> int:
         """Return the items of expired leases to the queue; returns how many moved."""
         now = time.time() if now is None else now
-        return self._run_reclaim(now, limit, STRIKE_LIMIT)
+        expired = [b.decode() for b in self.redis.zrangebyscore(self.leases, "-inf", now, start=0, num=limit)]
+        return self._end(expired, STRIKE_LIMIT) if expired else 0
 
-    def _run_reclaim(self, now: float, limit: int, strike_limit: int) -> int:
-        keys = [self.incoming, self.leases, self.suspect, self.deadletter, self.strikes]
-        return int(self._reclaim(keys=keys, args=[now, self.batch_prefix, limit, strike_limit]))
+    def _end(self, batch_ids: list[str], strike_limit: int) -> int:
+        keys = [self.incoming, self.leases, self.suspect, self.struck, self.strikes]
+        return int(self._end_leases(keys=keys, args=[self.batch_prefix, strike_limit, *batch_ids]))
+
+    # -- what waits, and since when --------------------------------------
+    def oldest_pending_received_at(self) -> float | None:
+        """Receipt time of the oldest event Redis holds that is not stored yet."""
+        value = self._oldest(keys=[self.incoming, self.leases, self.suspect, self.struck, self.dead_letters],
+                             args=[self.batch_prefix])
+        return float(value) if value is not None else None
+
+    def dead_letter_count(self) -> int:
+        return int(self.redis.llen(self.dead_letters))
+
+    def dead_letter_reasons(self, limit: int = 10) -> dict[str, str]:
+        reasons = {}
+        for key, value in self.redis.hscan_iter(self.dead_reasons, count=100):
+            reasons[key.decode()] = value.decode("utf-8", "replace")
+            if len(reasons) >= limit:
+                break
+        return reasons
+
+    def requeue_dead_letters(self) -> int:
+        """Put every dead letter back on the queue (after a fix); returns how many."""
+        moved = 0
+        while self.redis.lmove(self.dead_letters, self.incoming, "LEFT", "RIGHT") is not None:
+            moved += 1
+        if moved:
+            self.redis.delete(self.dead_reasons)
+        return moved
 
     def oldest_claim_age(self) -> float | None:
         deadlines = self._holding_deadlines()

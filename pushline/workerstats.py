@@ -7,12 +7,14 @@ each worker's lag is a field refreshed after each batch.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
 import redis
 
 STALE_AFTER = 120.0  # seconds without a batch before a worker's lag is no longer reported
+GONE_AFTER = 86400.0  # seconds without a heartbeat before a worker is forgotten
 
 
 class WorkerStats:
@@ -21,6 +23,7 @@ class WorkerStats:
         self.events = f"{prefix}:metrics:events"  # "name\tstatus" -> count
         self.counters = f"{prefix}:metrics:counters"  # batches, batch_items, retries, reclaimed
         self.lag = f"{prefix}:metrics:lag"  # worker -> "lag_seconds\tunix_time"
+        self.workers = f"{prefix}:metrics:workers"  # worker -> JSON drain state, refreshed by its heartbeat
 
     def record_batch(self, worker: str, by_name_status: Counter, items: int, lag_seconds: float) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -30,6 +33,30 @@ class WorkerStats:
         pipe.hincrby(self.counters, "batch_items", items)
         pipe.hset(self.lag, worker, f"{lag_seconds:.6f}\t{time.time():.3f}")
         pipe.execute()
+
+    def beat(self, worker: str, state: dict) -> None:
+        """The drain state a worker's heartbeat publishes: last progress, batch in hand..."""
+        self.redis.hset(self.workers, worker, json.dumps(state))
+
+    def forget(self, worker: str) -> None:
+        """A worker that stops cleanly leaves no entry that would look stalled."""
+        self.redis.hdel(self.workers, worker)
+
+    def drain_states(self) -> dict[str, dict]:
+        """Every worker's last published state; entries whose heartbeat stopped
+        long ago (a worker gone for good) are dropped here and from Redis."""
+        now = time.time()
+        out = {}
+        for worker, raw in self.redis.hgetall(self.workers).items():
+            try:
+                state = json.loads(raw)
+            except ValueError:
+                continue
+            if now - float(state.get("beat", 0)) > GONE_AFTER:
+                self.redis.hdel(self.workers, worker)
+                continue
+            out[worker.decode()] = state
+        return out
 
     def count(self, counter: str, n: int = 1) -> None:
         self.redis.hincrby(self.counters, counter, n)

@@ -42,21 +42,20 @@ def test_an_expired_lease_sends_its_items_to_the_suspects_with_a_strike(queue):
     assert queue.claimed() == 0 and queue.depth() == 1
     assert sorted(queue.redis.lrange(queue.suspect, 0, -1)) == sorted(batch.items)
     assert queue.redis.hgetall(queue.strikes) == {b"r0": b"1", b"r1": b"1"}
-    one = queue.claim_one(queue.suspect)
-    assert len(one.items) == 1
+    source, one = queue.claim_one(queue.suspect)
+    assert source == queue.suspect and len(one.items) == 1
     queue.ack(one, suspect=True)  # processed fine: its strikes are forgotten
     assert len(queue.redis.hgetall(queue.strikes)) == 1
 
 
-def test_an_event_that_outlives_three_workers_goes_to_the_dead_letters(queue):
+def test_an_event_that_outlives_three_workers_is_struck_out(queue):
     queue.push(b"r9\tdefault\t1.0\n{}", high_water=100)
     batch = queue.claim(1)
     for strike in range(1, STRIKE_LIMIT + 1):
         assert queue.reclaim(now=time.time() + 31) == 1
         if strike < STRIKE_LIMIT:
-            batch = queue.claim_one(queue.suspect)
-            assert batch is not None
-    assert queue.redis.lrange(queue.deadletter, 0, -1) == [b"r9\tdefault\t1.0\n{}"]
+            assert queue.claim_one(queue.suspect) is not None
+    assert queue.redis.lrange(queue.struck, 0, -1) == [b"r9\tdefault\t1.0\n{}"]
     assert queue.redis.llen(queue.suspect) == 0 and queue.redis.hlen(queue.strikes) == 0
 
 

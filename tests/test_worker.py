@@ -170,9 +170,12 @@ def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
     from pushline.envelope import Envelope
     from pushline.spool import spool
 
-    conn = loop.conn
+    from pushline.db import BoundedSession
+
+    conn = BoundedSession(loop.settings.database_url, "test-spool")
     for i, body in enumerate([login(8, "2014-01-01 08:00:00"), logout(8, "2014-01-01 09:00:00")]):
         spool(conn, Envelope(f"spooled-{i}", "default", 1.0, json.dumps(body).encode()).encode())
+    conn.close()
     drain(loop)
     assert query(db, "SELECT count(*) FROM spool") == [(0,)]
     assert query(db, "SELECT operator_id, duration_seconds FROM operator_sessions") == [(8, 3600.0)]
@@ -200,5 +203,5 @@ def test_a_dead_workers_events_are_processed_one_by_one_and_a_repeat_killer_is_r
     queue.reclaim(now=_time.time() + 3600)
     drain(loop)
     [(status, error)] = query(db, "SELECT status, error FROM events WHERE name = 'conversation.start'")
-    assert status == "rejected" and "workers died while processing this event" in error
+    assert status == "rejected" and "workers died or failed while processing this event" in error
     assert query(db, "SELECT count(*) FROM conversations") == [(0,)]  # its handler never ran

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import psycopg2
 import redis
 from flask import Blueprint, Response
 from prometheus_client import (
@@ -24,6 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pushline.pending import SPOOL_OLDEST, oldest_pending_seconds
 from pushline.workerstats import WorkerStats
 from web import services
 
@@ -62,9 +64,17 @@ class ScrapeTimeCollector:
 
     def collect(self):
         try:
+            spool_oldest = services.status_query(SPOOL_OLDEST)[0][0]
+        except psycopg2.Error:
+            spool_oldest = None
+        try:
             queue = services.queue()
             depth, claimed = queue.depth(), queue.claimed()
-            stats = WorkerStats(queue.redis, services.settings().queue_prefix).read()
+            workers = WorkerStats(queue.redis, services.settings().queue_prefix)
+            stats = workers.read()
+            states = workers.drain_states()
+            oldest = oldest_pending_seconds(queue, spool_oldest)
+            dead = queue.dead_letter_count()
         except redis.RedisError:
             up = GaugeMetricFamily("pushline_redis_up", "Whether Redis answered this scrape")
             up.add_metric([], 0)
@@ -78,6 +88,23 @@ class ScrapeTimeCollector:
         yield g
         g = GaugeMetricFamily("pushline_queue_claimed_batches", "Batches claimed by workers, not yet acknowledged")
         g.add_metric([], claimed)
+        yield g
+        g = GaugeMetricFamily("pushline_oldest_pending_seconds",
+                              "Age of the oldest accepted event not yet stored (queue, batches, spool, dead letters)")
+        g.add_metric([], oldest)
+        yield g
+        g = GaugeMetricFamily("pushline_dead_letters", "Accepted items that could not be stored at all (replay them)")
+        g.add_metric([], dead)
+        yield g
+        g = GaugeMetricFamily("pushline_worker_last_progress_timestamp_seconds",
+                              "Unix time each worker last stored a batch or found nothing to do", labels=["worker"])
+        for worker, state in sorted(states.items()):
+            g.add_metric([worker], float(state.get("last_progress", 0)))
+        yield g
+        g = GaugeMetricFamily("pushline_worker_heartbeat_timestamp_seconds",
+                              "Unix time of each worker's last heartbeat", labels=["worker"])
+        for worker, state in sorted(states.items()):
+            g.add_metric([worker], float(state.get("beat", 0)))
         yield g
         c = CounterMetricFamily("pushline_worker_events", "Distinct events stored by workers, by name and status",
                                 labels=["name", "status"])

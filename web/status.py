@@ -6,6 +6,7 @@ import psycopg2
 import redis
 from flask import Blueprint, jsonify, render_template
 
+from pushline.pending import SPOOL_OLDEST, oldest_pending_seconds, stalled_workers
 from pushline.workerstats import WorkerStats
 from web import services
 
@@ -37,28 +38,35 @@ def page():
 
 @bp.get("/status.json")
 def figures():
-    out: dict = {"queue_depth": None, "worker_lag_seconds": None, "redis": "down", "database": "down"}
+    settings = services.settings()
+    out: dict = {"queue_depth": None, "worker_lag_seconds": None, "redis": "down", "database": "down",
+                 "oldest_pending_seconds": None, "dead_letters": None, "workers": [],
+                 "stall_threshold_seconds": settings.worker_stall_seconds}
+    spool_oldest, spool_known = None, False
     try:
-        queue = services.queue()
-        out["queue_depth"] = queue.depth()
-        lags = WorkerStats(queue.redis, services.settings().queue_prefix).read()["lag"]
-        out["worker_lag_seconds"] = max(lags.values()) if lags else None
-        out["redis"] = "up"
-    except redis.RedisError:
-        pass
-    try:
-        with psycopg2.connect(services.settings().database_url, connect_timeout=2) as conn, conn.cursor() as cur:
-            cur.execute(_FIGURES)
-            rate, rejected = cur.fetchone()
-            cur.execute(_REASONS)
-            reasons = [{"name": n, "error": e, "received_at": r.isoformat()} for n, e, r in cur.fetchall()]
-            cur.execute(_PER_MINUTE)
-            per_minute = [{"minute": m, "name": n, "events": c} for m, n, c in cur.fetchall()]
-            cur.execute(_PER_DAY)
-            per_day = [{"day": d, "type": t, "conversations": c} for d, t, c in cur.fetchall()]
-        conn.close()
+        rate, rejected = services.status_query(_FIGURES)[0]
+        reasons = [{"name": n, "error": e, "received_at": r.isoformat()} for n, e, r in services.status_query(_REASONS)]
+        per_minute = [{"minute": m, "name": n, "events": c} for m, n, c in services.status_query(_PER_MINUTE)]
+        per_day = [{"day": d, "type": t, "conversations": c} for d, t, c in services.status_query(_PER_DAY)]
+        spool_oldest, spool_known = services.status_query(SPOOL_OLDEST)[0][0], True
         out.update(database="up", ingest_per_second=round(float(rate), 2), rejected=rejected,
                    latest_rejections=reasons, events_per_minute=per_minute, conversations_per_day=per_day)
     except psycopg2.Error:
+        pass
+    try:
+        queue = services.queue()
+        out["queue_depth"] = queue.depth()
+        stats = WorkerStats(queue.redis, settings.queue_prefix)
+        lags = stats.read()["lag"]
+        out["worker_lag_seconds"] = max(lags.values()) if lags else None
+        out["dead_letters"] = queue.dead_letter_count()
+        # Without the spool's figure the age may be too low: say so rather than guess.
+        out["oldest_pending_seconds"] = oldest_pending_seconds(queue, spool_oldest)
+        out["oldest_pending_includes_spool"] = spool_known
+        states = stats.drain_states()
+        stalled = set(stalled_workers(states, settings.worker_stall_seconds))
+        out["workers"] = [{"name": name, **state, "stalled": name in stalled} for name, state in sorted(states.items())]
+        out["redis"] = "up"
+    except redis.RedisError:
         pass
     return jsonify(out)

@@ -21,21 +21,33 @@ class DrainStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.loop = None
         self.thread = None
+        self.heartbeat = None
 
     def start(self, worker):
-        from workers.drain import DrainLoop
+        from workers.drain import DrainLoop, Heartbeat
         from workers.handlers import registry_with_handlers
 
         settings: Settings = worker.app.conf.pushline_settings
         settings.require("DATABASE_URL", "REDIS_URL")
         self.loop = DrainLoop(settings, registry_with_handlers(), name=worker.hostname)
-        self.thread = threading.Thread(target=self.loop.run, name="pushline-drain", daemon=True)
+        self.heartbeat = Heartbeat(self.loop, settings.worker_stall_seconds)
+        self.thread = threading.Thread(target=self._run, name="pushline-drain", daemon=True)
         self.thread.start()
+        self.heartbeat.start()
+
+    def _run(self):
+        from workers.drain import die
+
+        try:
+            self.loop.run()
+        except BaseException as exc:  # the loop never ends by itself but on stop()
+            die(f"drain loop died: {type(exc).__name__}: {exc}", exc_info=True)
 
     def stop(self, worker):
         if self.loop is not None:
             self.loop.stop()
             self.thread.join(timeout=60)
+            self.heartbeat.stop()
 
     shutdown = stop
 

@@ -298,11 +298,22 @@ def run(argv: list[str] | None = None) -> int:
         print(f"Pushline is running. Callback URL: http://127.0.0.1:{settings.port}/push/{token}", flush=True)
         print(f"Database (psql): {settings.database_url}", flush=True)
         print("Ctrl-C stops everything.", flush=True)
+        restarts: list[float] = []
         while not stopping:
-            for child in children:
-                if child.proc.poll() is not None:
-                    print(f"pushline: {child.name} exited with {child.proc.returncode}; stopping", file=sys.stderr)
-                    return 1
+            for index, child in enumerate(children):
+                if child.proc.poll() is None:
+                    continue
+                # A worker that cannot go on exits on purpose (its log says why):
+                # restart it, as any supervisor would, unless it keeps dying.
+                recent = [t for t in restarts if time.monotonic() - t < 60]
+                if child.name == "worker" and len(recent) < 5:
+                    print(f"pushline: worker exited with {child.proc.returncode}; restarting it", file=sys.stderr,
+                          flush=True)
+                    restarts[:] = [*recent, time.monotonic()]
+                    children[index] = spawn("worker", [py, "-m", "pushline.cli", "worker"], env=env)
+                    continue
+                print(f"pushline: {child.name} exited with {child.proc.returncode}; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.2)
         return 0
     finally:

@@ -16,6 +16,7 @@ import redis
 from flask import Blueprint, Request, Response, g, request
 
 from pushline.config import Token
+from pushline.db import Timeout
 from pushline.envelope import Envelope
 from pushline.spool import spool
 from web import services
@@ -117,11 +118,17 @@ def count(response):
 
 
 def _spool(envelope: bytes) -> None:
-    """Redis is unreachable: commit the event to the PostgreSQL spool instead."""
-    for attempt in (1, 2):  # a connection broken since last use gets one fresh retry
+    """Redis is unreachable: commit the event to the PostgreSQL spool instead.
+
+    A session broken since its last use gets one fresh retry; a server that
+    did not answer in time gets none (a second wait would double the push's)."""
+    for attempt in (1, 2):
         try:
             spool(services.spool_connection(), envelope)
             return
+        except Timeout:
+            services.drop_spool_connection()
+            break
         except psycopg2.Error:
             services.drop_spool_connection()
             if attempt == 2:

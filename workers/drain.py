@@ -118,7 +118,6 @@ class DrainLoop:
         gc.freeze()
         log.info("drain loop started", extra={"worker": self.name})
         while not self.stopping.is_set():
-            self.step_started = time.monotonic()
             try:
                 self.step()
                 failures = 0
@@ -131,11 +130,8 @@ class DrainLoop:
                 log.warning("transient failure, retrying in %.1fs: %s: %s", delay, type(exc).__name__, exc)
                 if isinstance(exc, TRANSIENT_ERRORS):
                     self._drop_connection()
-                self.step_started = None  # waiting on purpose is not being stuck
                 self.phase = f"waiting {delay:.1f}s after {type(exc).__name__}"
-                self.stopping.wait(delay)
-            finally:
-                self.step_started = None
+                self.stopping.wait(delay)  # waiting on purpose is not being stuck: no step runs
         self.close()
         log.info("drain loop stopped", extra={"worker": self.name})
 
@@ -144,6 +140,13 @@ class DrainLoop:
 
     def step(self, block_seconds: float = redis_client.BLOCK_SECONDS) -> int:
         """Claim and store one batch; returns the number of items handled."""
+        self.step_started = time.monotonic()  # the heartbeat's watchdog times each step
+        try:
+            return self._step(block_seconds)
+        finally:
+            self.step_started = None
+
+    def _step(self, block_seconds: float) -> int:
         self.housekeeping()
         # Events a dead worker held: those that outlived too many workers are
         # stored as rejected unprocessed; the others are processed one at a time.

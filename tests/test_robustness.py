@@ -1,0 +1,344 @@
+"""No input, no date and no hang stops the pipeline (CONTRACT 3 and 6), in process.
+
+The real queue, database and drain loop; the process-level faults (pauses,
+kills, maxmemory) are in test_faults.py, the generated end-to-end bodies in
+test_hostile.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pushline.db import BoundedSession, Timeout
+from pushline.envelope import Envelope
+from pushline.workerstats import WorkerStats
+from tests.conftest import ROOT, TOKEN, make_settings, query, settings_env
+from tests.helpers import conversation, drain, enqueue, login, logout
+from web import create_app
+from workers.drain import DrainLoop, Heartbeat
+from workers.handlers import registry_with_handlers
+
+
+@pytest.fixture
+def loop(settings, db, rq):
+    loop = DrainLoop(settings, registry_with_handlers(), name="robust")
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def queue(loop):
+    return loop.queue
+
+
+def execute(db, sql: str, *params) -> None:
+    with db.cursor() as cur:
+        cur.execute(sql, params)
+
+
+def push_raw(queue, text: str) -> str:
+    return enqueue(queue, text.encode())[0]
+
+
+# -- numbers ---------------------------------------------------------------
+
+def test_1e400_delivered_again_in_a_later_batch_is_one_event_with_two_receipts(loop, queue, db):
+    first = push_raw(queue, '{"name": "x.y", "parameters": {"n": 1e400}}')
+    drain(loop)
+    # The same JSON value spelled otherwise is the same event; 2e400 is another one
+    # (a float reading would make both Infinity: one event).
+    second = push_raw(queue, '{"parameters": {"n": 1E+400}, "name": "x.y"}')
+    other = push_raw(queue, '{"name": "x.y", "parameters": {"n": 2e400}}')
+    drain(loop)
+    rows = query(db, "SELECT receipt_ids, deliveries, status, payload->'parameters'->>'n' FROM events ORDER BY id")
+    assert [(sorted(r), d, s) for r, d, s, _ in rows] == [
+        (sorted([first, second]), 2, "unhandled"), ([other], 1, "unhandled")]
+    assert rows[0][3] == "1" + "0" * 400 and rows[1][3] == "2" + "0" * 400
+    # ... and the queue goes on
+    enqueue(queue, login(1, "2014-01-01 08:00:00"))
+    drain(loop)
+    assert query(db, "SELECT count(*) FROM events WHERE status = 'processed'") == [(1,)]
+
+
+def test_exact_numbers_in_custom_data_reach_the_conversation_row(loop, queue, db):
+    body = json.dumps(conversation("start", 7, "2014-01-01 08:00:00", custom_data={"big": "X", "tiny": "Y"}))
+    push_raw(queue, body.replace('"X"', "1e400").replace('"Y"', "-1e-400"))
+    drain(loop)
+    [(big, tiny)] = query(db, "SELECT custom_data->>'big', custom_data->>'tiny' FROM conversations")
+    assert big == "1" + "0" * 400 and tiny == "-0." + "0" * 399 + "1"
+
+
+def test_a_five_thousand_digit_integer_is_accepted_and_one_beyond_numeric_is_400(settings, rq, db):
+    client = create_app(settings).test_client()
+    big = '{"name": "x.y", "n": ' + "7" * 5000 + "}"
+    assert client.post(f"/push/{TOKEN}", data=big, content_type="application/json").status_code == 202
+    for body in ('{"name": "x.y", "n": 1e131072}', '{"name": "x.y", "n": -1e-16384}'):
+        resp = client.post(f"/push/{TOKEN}", data=body, content_type="application/json")
+        assert resp.status_code == 400 and "beyond the range" in resp.get_json()["error"]
+
+
+# -- dates -----------------------------------------------------------------
+
+def partitions(db) -> list[str]:
+    return sorted(r[0] for r in query(db, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                                          " WHERE inhparent = 'events'::regclass"))
+
+
+def test_a_negative_offset_at_a_month_end_lands_in_the_utc_month(loop, queue, db):
+    # The last day of last month at 21:30 -03:00 is the 1st of this month, 00:30 UTC.
+    today = time.gmtime()
+    year, month = (today.tm_year, today.tm_mon - 1) if today.tm_mon > 1 else (today.tm_year - 1, 12)
+    last_day = (31 if month in (1, 3, 5, 7, 8, 10, 12) else 30 if month != 2
+                else 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28)
+    created = f"{year:04d}-{month:02d}-{last_day:02d}T21:30:00-03:00"
+    enqueue(queue, login(5, created), login(6, f"{today.tm_year:04d}-{today.tm_mon:02d}-01 00:10:00"))
+    drain(loop)
+    rows = query(db, "SELECT tableoid::regclass::text, status FROM events ORDER BY id")
+    expected = f"events_{today.tm_year:04d}_{today.tm_mon:02d}"
+    assert rows == [(expected, "processed"), (expected, "processed")]
+
+
+def test_any_year_and_offset_is_stored_without_making_tables(loop, queue, db):
+    before = partitions(db)
+    stamps = ["0001-01-01T00:00:00-14:00", "0001-01-01 00:00:00", "9999-12-31T23:59:59+14:00",
+              "9999-12-31 23:59:59", "1969-12-31T23:59:59-00:30", "2400-02-29T12:00:00+05:45",
+              "4321-06-30T23:00:00-09:30", "0001-01-01T00:00:00+14:00", "9999-12-31T23:00:00-14:00"]
+    enqueue(queue, *(login(100 + i, s) for i, s in enumerate(stamps)))
+    drain(loop)
+    assert partitions(db) == before  # absurd years live in events_before / events_after
+    rows = dict(query(db, "SELECT payload->'datetime'->>'created', status FROM events"))
+    assert set(rows) == set(stamps)
+    # Instants that are not in years 1-9999 once in UTC are rejected, naming the field.
+    out_of_range = {"0001-01-01T00:00:00+14:00", "9999-12-31T23:00:00-14:00"}
+    assert {s for s, status in rows.items() if status == "rejected"} == out_of_range
+    errors = [e for (e,) in query(db, "SELECT error FROM events WHERE status = 'rejected'")]
+    assert all(e.startswith("datetime.created: Out of range") for e in errors)
+    assert query(db, "SELECT count(*) FROM events_undated WHERE created_at IS NOT NULL") == [(0,)]
+    assert query(db, "SELECT count(*) FROM operator_sessions") == [(len(stamps) - 2,)]
+
+
+def test_the_default_partition_refuses_dated_rows(db):
+    with pytest.raises(Exception, match="events_undated_has_no_date"):
+        execute(db, """INSERT INTO events_undated (id, event_key, source, name, created_at, received_at,
+                                                   receipt_ids, payload, status, error) VALUES
+                       (1, gen_random_uuid(), 'd', 'x', now(), now(), '{r}', '{}', 'unhandled', 'e')""")
+
+
+def test_rolling_partitions_ahead_moves_the_far_future_rows_and_is_idempotent(settings, db):
+    """Run from a session in another zone: the bounds are UTC month starts all the same."""
+    from pushline.partitions import roll
+
+    execute(db, "SET timezone = 'America/Sao_Paulo'")
+    execute(db, """INSERT INTO events (event_key, source, name, created_at, received_at, receipt_ids, payload,
+                                     status, error)
+                 VALUES (gen_random_uuid(), 'd', 'x', now() + interval '5 months', now(), '{r}', '{}',
+                         'unhandled', 'e')""")
+    [(where,)] = query(db, "SELECT tableoid::regclass::text FROM events")
+    assert where == "events_after"
+    [(made,)] = query(db, "SELECT pushline_roll_partitions(7)")
+    assert made == 4
+    [(where,)] = query(db, "SELECT tableoid::regclass::text FROM events")
+    month = query(db, "SELECT to_char((now() + interval '5 months') AT TIME ZONE 'UTC', 'YYYY_MM')")[0][0]
+    assert where == f"events_{month}"
+    assert roll(settings.database_url, months_ahead=7) == 0
+    bounds = query(db, """SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                                          'FROM \\(''([^'']+)''\\)'))[1]::timestamptz AT TIME ZONE 'UTC'
+                          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                          WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'""")
+    assert len(bounds) >= 12
+    for name, lower in bounds:
+        assert (lower.year, lower.month, lower.day, lower.hour, lower.minute) == \
+            (int(name[7:11]), int(name[12:14]), 1, 0, 0), name
+    execute(db, "RESET timezone")
+
+
+# -- what cannot be classified ---------------------------------------------
+
+def test_an_item_that_cannot_be_stored_is_a_dead_letter_and_the_rest_flows(loop, queue, db, settings):
+    good = enqueue(queue, login(9, "2014-01-01 08:00:00"))
+    # Bypassing the edge (which refuses it): a string PostgreSQL cannot store, and a non-envelope.
+    bad = push_raw(queue, '{"name": "x.y", "s": "nul \\u0000 here"}')
+    queue.push(b"not an envelope", high_water=10**9)
+    good += enqueue(queue, logout(9, "2014-01-01 09:00:00"))
+    drain(loop)
+    assert sorted(r for (ids,) in query(db, "SELECT receipt_ids FROM events") for r in ids) == sorted(good)
+    assert query(db, "SELECT duration_seconds FROM operator_sessions") == [(3600.0,)]
+    assert queue.dead_letter_count() == 2
+    reasons = queue.dead_letter_reasons()
+    assert "Unicode" in reasons[bad] and "stored as rejected" in reasons[bad]
+
+    text = create_app(settings).test_client().get("/metrics").get_data(as_text=True)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["pushline_dead_letters"] == 2
+    assert values["pushline_oldest_pending_seconds"] > 0  # parked is not stored
+    out = subprocess.run([sys.executable, "-m", "pushline.cli", "stats"], env=settings_env(settings), cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    report = json.loads(out.stdout)
+    assert report["dead_letters"] == 2 and bad in report["dead_letter_reasons"]
+
+    out = subprocess.run([sys.executable, "-m", "pushline.cli", "replay", "--dead-letters"],
+                         env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout) == {"dead_letters_requeued": 2}
+    assert queue.dead_letter_count() == 0 and queue.depth() == 2
+
+
+def test_a_handler_that_hangs_past_the_statement_timeout_sends_its_batch_to_the_suspects(settings, db, rq):
+    """A batch whose statement times out is retried one item at a time, with strikes: the queue goes on."""
+    registry = registry_with_handlers()
+    handler = registry.get("conversation.end")
+    slow = type(handler)(lambda cur, events: cur.execute("SELECT pg_sleep(3)"), handler.schema, handler.name)
+    registry._handlers["conversation.end"] = slow
+    loop = DrainLoop(settings, registry, name="slow")
+    try:
+        with loop.conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 500")
+        loop.conn.commit()
+        enqueue(loop.queue, conversation("end", 40, "2014-01-01 08:00:00"), login(41, "2014-01-01 08:00:00"))
+        from psycopg2.errors import QueryCanceled
+
+        with pytest.raises(QueryCanceled):
+            loop.step(block_seconds=0)
+        assert loop.queue.redis.llen(loop.queue.suspect) == 2 and loop.queue.depth() == 0
+    finally:
+        loop.close()
+
+
+# -- leases ----------------------------------------------------------------
+
+def test_a_slow_batch_keeps_its_lease_and_gets_no_strike(settings, db, rq):
+    fast = make_settings(settings.database_url, settings.redis_url, PUSHLINE_LEASE_SECONDS="5",
+                         PUSHLINE_QUEUE_PREFIX=settings.queue_prefix)
+    registry = registry_with_handlers()
+    handler = registry.get("operator.login")
+
+    def slow_apply(cur, events):
+        time.sleep(8)  # longer than the lease
+        handler.apply(cur, events)
+
+    registry._handlers["operator.login"] = type(handler)(slow_apply, handler.schema, handler.name)
+    loop = DrainLoop(fast, registry, name="slowpoke")
+    beat = Heartbeat(loop, stall_seconds=60)
+    beat.start()
+    other = DrainLoop(fast, registry_with_handlers(), name="other")
+    try:
+        enqueue(loop.queue, login(50, "2014-01-01 08:00:00"))
+        worker = threading.Thread(target=lambda: loop.step(block_seconds=0))
+        worker.start()
+        time.sleep(6.5)  # past the first deadline: another worker sweeps for expired leases
+        assert other.queue.reclaim() == 0
+        state = WorkerStats(other.queue.redis, fast.queue_prefix).drain_states()["slowpoke"]
+        assert state["phase"].startswith("storing") and state["batch_in_hand"] and state["lease_deadline"]
+        worker.join()
+        assert query(db, "SELECT status, deliveries FROM events") == [("processed", 1)]
+        assert other.queue.redis.hlen(other.queue.strikes) == 0 and other.queue.claimed() == 0
+        assert loop.events_done == 1
+    finally:
+        beat.stop()
+        loop.close()
+        other.close()
+
+
+def test_an_ack_after_the_lease_was_lost_changes_nothing(loop, queue, db):
+    enqueue(queue, login(60, "2014-01-01 08:00:00"), logout(60, "2014-01-01 09:00:00"))
+    batch = queue.claim(10)
+    assert queue.reclaim(now=time.time() + 3600) == 2  # we stalled: the items went to the suspects
+    loop.store(batch)  # ... and we wake up and store them anyway
+    assert queue.redis.llen(queue.suspect) == 2  # our ack did not remove what is no longer ours
+    drain(loop)  # another worker processes the suspects
+    assert query(db, "SELECT name, deliveries FROM events ORDER BY name") == [
+        ("operator.login", 1), ("operator.logout", 1)]
+    assert query(db, "SELECT duration_seconds FROM operator_sessions") == [(3600.0,)]
+    assert queue.redis.hlen(queue.strikes) == 0
+
+
+# -- a worker that cannot go on ---------------------------------------------
+
+def test_health_fails_when_events_wait_and_the_worker_made_no_progress(settings, rq):
+    from pushline.queue import EventQueue
+
+    queue = EventQueue(rq, settings.queue_prefix)
+    stats = WorkerStats(rq, settings.queue_prefix)
+    queue.push(Envelope("old", "default", time.time() - 100, b"{}").encode(), high_water=10**9)
+
+    def health(progress_age: float) -> int:
+        stats.beat("w@test", {"last_progress": time.time() - progress_age, "beat": time.time()})
+        return subprocess.run([sys.executable, "-m", "pushline.cli", "health", "--worker", "w@test",
+                               "--max-stall", "30"], env=settings_env(settings), cwd=ROOT,
+                              capture_output=True, timeout=60).returncode
+
+    assert health(progress_age=60) == 1  # events waited 100 s, no progress for 60 s
+    assert health(progress_age=5) == 0  # slow, but moving
+    rq.delete(queue.incoming)
+    assert health(progress_age=3600) == 0  # nothing waits: an idle worker is healthy
+
+
+def test_a_drain_loop_that_dies_ends_its_process_with_the_reason(settings, tmp_path):
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout)\n"
+        "from workers.celery_app import DrainStep\n"
+        "class Broken:\n"
+        "    def run(self):\n"
+        "        raise RuntimeError('the loop broke')\n"
+        "step = DrainStep.__new__(DrainStep)\n"
+        "step.loop = Broken()\n"
+        "step._run()\n"
+        "print('still alive')\n")
+    out = subprocess.run([sys.executable, str(script)], env=settings_env(settings), cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3
+    assert "worker exits: drain loop died: RuntimeError: the loop broke" in out.stdout
+    assert "still alive" not in out.stdout
+
+
+# -- servers that stop answering without refusing ----------------------------
+
+@pytest.fixture
+def silent_server():
+    """A TCP port whose kernel accepts connections that nobody ever answers (a paused server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_a_bounded_session_gives_up_on_a_silent_server(silent_server):
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        BoundedSession(f"postgresql://x@127.0.0.1:{silent_server}/x", "test", io_seconds=1.0)
+    assert time.monotonic() - started < 3
+
+
+def test_a_push_is_answered_within_seconds_when_both_stores_hang(settings, silent_server):
+    hung = make_settings(f"postgresql://x@127.0.0.1:{silent_server}/x", f"redis://127.0.0.1:{silent_server}/0")
+    client = create_app(hung).test_client()
+    started = time.monotonic()
+    resp = client.post(f"/push/{TOKEN}", data=json.dumps(login(1, "2014-01-01 08:00:00")),
+                       content_type="application/json")
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    assert client.get("/readyz").status_code == 503
+    assert time.monotonic() - started < 5
+
+
+def test_a_push_goes_to_the_spool_within_seconds_when_redis_hangs(settings, silent_server, db):
+    hung = make_settings(settings.database_url, f"redis://127.0.0.1:{silent_server}/0")
+    client = create_app(hung).test_client()
+    started = time.monotonic()
+    resp = client.post(f"/push/{TOKEN}", data=json.dumps(login(1, "2014-01-01 08:00:00")),
+                       content_type="application/json")
+    assert resp.status_code == 202
+    assert time.monotonic() - started < 5
+    assert query(db, "SELECT count(*) FROM spool") == [(1,)]
+

@@ -50,7 +50,7 @@ def test_an_expired_lease_sends_its_items_to_the_suspects_with_a_strike(queue):
 
 def test_an_event_that_outlives_three_workers_is_struck_out(queue):
     queue.push(b"r9\tdefault\t1.0\n{}", high_water=100)
-    batch = queue.claim(1)
+    assert queue.claim(1) is not None
     for strike in range(1, STRIKE_LIMIT + 1):
         assert queue.reclaim(now=time.time() + 31) == 1
         if strike < STRIKE_LIMIT:

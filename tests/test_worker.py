@@ -167,10 +167,9 @@ def test_invalid_event_does_not_block_valid_ones_in_its_batch(loop, queue, db):
 
 
 def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
+    from pushline.db import BoundedSession
     from pushline.envelope import Envelope
     from pushline.spool import spool
-
-    from pushline.db import BoundedSession
 
     conn = BoundedSession(loop.settings.database_url, "test-spool")
     for i, body in enumerate([login(8, "2014-01-01 08:00:00"), logout(8, "2014-01-01 09:00:00")]):

@@ -62,3 +62,29 @@ def test_status_page_in_chromium_shows_live_figures(pipeline, db, tmp_path):
     shot.parent.mkdir(exist_ok=True)
     taken = chromium([f"--screenshot={shot}", f"{pipeline}/status"], tmp_path / "profile-shot")
     assert taken.returncode == 0 and shot.stat().st_size > 10_000
+
+
+def test_status_json_shows_a_stall_the_spool_and_dead_letters(settings, db, rq):
+    """The oldest pending event counts the spool and the dead letters; a silent worker is flagged."""
+    import time
+
+    from pushline.envelope import Envelope
+    from pushline.queue import EventQueue
+    from pushline.workerstats import WorkerStats
+    from tests.conftest import make_settings
+
+    strict = make_settings(settings.database_url, settings.redis_url, PUSHLINE_QUEUE_PREFIX=settings.queue_prefix,
+                           PUSHLINE_WORKER_STALL_SECONDS="30")
+    client = create_app(strict).test_client()
+    queue = EventQueue(rq, settings.queue_prefix)
+    queue.push(Envelope("queued", "default", time.time() - 100, b"{}").encode(), high_water=10**9)
+    rq.rpush(queue.dead_letters, Envelope("parked", "default", time.time() - 150, b"{}").encode())
+    stats = WorkerStats(rq, settings.queue_prefix)
+    stats.beat("stuck@test", {"last_progress": time.time() - 90, "beat": time.time()})
+    stats.beat("busy@test", {"last_progress": time.time() - 2, "beat": time.time()})
+    data = client.get("/status.json").get_json()
+    assert 150 <= data["oldest_pending_seconds"] < 160 and data["dead_letters"] == 1
+    assert {w["name"]: w["stalled"] for w in data["workers"]} == {"stuck@test": True, "busy@test": False}
+    query(db, "INSERT INTO spool (item, spooled_at) VALUES ('x', now() - interval '400 seconds') RETURNING id")
+    data = client.get("/status.json").get_json()
+    assert 400 <= data["oldest_pending_seconds"] < 410 and data["oldest_pending_includes_spool"]

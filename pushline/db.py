@@ -14,6 +14,7 @@ cannot do; a worker stuck on a hung server is caught by its watchdog
 from __future__ import annotations
 
 import select
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ class BoundedSession:
 
     def __init__(self, url: str, application_name: str, io_seconds: float = 2.0, timeouts: Timeouts = WEB):
         self.io_seconds = io_seconds
+        self._lock = threading.Lock()  # one statement at a time: shared by a process's threads
         self.conn = psycopg2.connect(url, async_=True, application_name=application_name,
                                      options=timeouts.options(), **_KEEPALIVES)
         self._wait()
@@ -92,10 +94,11 @@ class BoundedSession:
         return bool(self.conn.closed)
 
     def execute(self, sql: str, params=None):
-        cur = self.conn.cursor()
-        cur.execute(sql, params)
-        self._wait()
-        return cur
+        with self._lock:
+            cur = self.conn.cursor()
+            cur.execute(sql, params)
+            self._wait()
+            return cur
 
     def close(self) -> None:
         self.conn.close()

@@ -19,8 +19,9 @@ from typing import Any
 
 # A 3-digit exponent or a run of 300 digits: the only spellings of a number
 # that a float may not hold (floats reach 1.8e308; 4300-digit ints fail).
-_MAYBE_HUGE = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|[0-9]{300}")
-_MAYBE_HUGE_TEXT = re.compile(r"[0-9][eE][+-]?[0-9]{3}|[0-9]{300}")
+# A run is only tried where it starts, so the scan stays linear on any body.
+_MAYBE_HUGE = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{300}")
+_MAYBE_HUGE_TEXT = re.compile(r"[0-9][eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{300}")
 
 # numeric's limits (PostgreSQL docs, "Arbitrary Precision Numbers").
 NUMERIC_MAX_INTEGER_DIGITS = 131072

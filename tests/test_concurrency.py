@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from pushline.queue import EventQueue
+from pushline.workerstats import WorkerStats
 from tests import oracle
 from tests.conftest import RUN_ID, make_settings, query, start_worker, wait_for
 from tests.helpers import conversation, enqueue, login, logout
@@ -38,11 +39,21 @@ def hammer_events(n: int, seed: int = 7) -> list[dict]:
 def test_eight_workers_on_the_same_keys_equal_the_oracle_without_deadlock(database_url, redis_url, db,
                                                                           tmp_path):
     settings = make_settings(database_url, redis_url, PUSHLINE_QUEUE_PREFIX=f"pushline-hammer-{RUN_ID}")
-    queue = EventQueue(redis.Redis.from_url(redis_url), settings.queue_prefix)
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{settings.queue_prefix}:*"):
+        client.delete(key)
+    queue = EventQueue(client, settings.queue_prefix)
+    stats = WorkerStats(client, settings.queue_prefix)
     bodies = hammer_events(2000)
-    enqueue(queue, *bodies)
-    workers = [start_worker(settings, tmp_path, name=f"h{i}", PUSHLINE_BATCH_SIZE="25") for i in range(8)]
+    distinct = len(oracle.distinct(bodies))
+    # Every worker is up and waiting before the first event arrives, so that the
+    # first one to start cannot drain the whole queue while the others boot.
+    names = [f"h{i}" for i in range(8)]
+    workers = []
     try:
+        for name in names:
+            workers.append(start_worker(settings, tmp_path, name=name, PUSHLINE_BATCH_SIZE="25"))
+        enqueue(queue, *bodies)
         wait_for(lambda: query(db, "SELECT coalesce(sum(deliveries), 0) FROM events")[0][0] == len(bodies),
                  timeout=120, interval=0.5, what="2,000 events stored")
     finally:
@@ -51,9 +62,20 @@ def test_eight_workers_on_the_same_keys_equal_the_oracle_without_deadlock(databa
     logs = "".join(w.output() for w in workers).lower()
     assert "deadlock" not in logs
     assert "transient failure" not in logs
-    busy = sum(1 for w in workers if "drain loop started" in w.output())
-    assert busy == 8
+
+    # The work was shared: each worker records its name after every batch it stores.
+    nodes = {f"{name}-{RUN_ID}@test" for name in names}
+    storing = {worker.decode() for worker in client.hkeys(stats.lag)}
+    assert storing <= nodes, storing - nodes
+    assert len(storing) >= 4, f"only {sorted(storing)} stored batches; the keys were not contended"
+    # Each distinct event was counted new once, by exactly one worker, whichever it was.
+    figures = stats.read()
+    assert sum(figures["events"].values()) == distinct
+    assert figures["counters"]["batch_items"] >= len(bodies)
+    assert query(db, "SELECT status, count(*) FROM events GROUP BY status") == [("processed", distinct)]
+
     convs, sessions = oracle.read_tables(db)
     assert convs == oracle.conversations(bodies)
     assert sessions == oracle.operator_sessions(bodies)
+    assert len(convs) == 3 and {row[0] for row in sessions} == {1, 2, 3}
     assert queue.depth() == 0 and queue.claimed() == 0

@@ -157,3 +157,89 @@ def test_push_timezone_applies_to_naive_datetimes(settings, db, rq):
     loop.close()
     assert query(db, "SELECT login_at, logout_at FROM operator_sessions") == [
         (dt.datetime(2014, 7, 1, 7, tzinfo=dt.UTC), dt.datetime(2014, 7, 1, 9, 30, tzinfo=dt.UTC))]
+
+
+# -- ties the contract leaves open -------------------------------------------------------------
+# Several starts of a conversation at its earliest time (or, with no start, several ends at its
+# latest) that differ: CONTRACT 5 does not say which gives the attributes, only that the rows are
+# a function of the SET of events. So every order must give the same row, and that row must be
+# one of the candidates (oracle.OneOf), its attributes all from one event.
+
+TIED = [
+    # conversation 5: three different starts at the earliest time, a later start, an end
+    conversation("start", 5, t("10:00:00"), type_="chat", op=51, website=52, group=53, custom_data={"v": 1}),
+    conversation("start", 5, t("10:00:00"), type_="call", op=61, website=62, group=63, custom_data={"v": 2}),
+    conversation("start", 5, t("10:00:00"), type_="video", op=71, website=72, group=73),
+    conversation("start", 5, t("10:01:00"), type_="chat", op=81, website=82, group=83, custom_data={"v": 3}),
+    conversation("end", 5, t("10:10:00"), type_="call", op=91, website=92, group=93),
+    # conversation 6: no start; two different ends at the latest time, and an earlier one
+    conversation("end", 6, t("11:00:00"), type_="chat", op=1, website=2, group=3),
+    conversation("end", 6, t("11:20:00"), type_="call", op=4, website=5, group=6),
+    conversation("end", 6, t("11:20:00"), type_="video", op=7, website=8, group=9),
+    # conversation 7: a start and an end at the same time: the contract says the start gives them
+    conversation("end", 7, t("12:00:00"), type_="call", op=7, website=7, group=7),
+    conversation("start", 7, t("12:00:00"), type_="video", op=8, website=8, group=8),
+]
+
+
+def test_the_oracle_breaks_no_tie_by_input_order():
+    rng = random.Random(5)
+    expected = oracle.conversations(TIED)
+    for _ in range(20):
+        shuffled = TIED[:]
+        rng.shuffle(shuffled)
+        assert oracle.conversations(shuffled) == expected
+        assert oracle.operator_sessions(shuffled) == oracle.operator_sessions(TIED)
+    # The open ties are exactly the tied events; what the contract fixes is one plain row.
+    assert isinstance(expected[5], oracle.OneOf)
+    assert sorted(c["operator_id"] for c in expected[5].candidates) == [51, 61, 71]
+    assert {(c["started_at"], c["ended_at"]) for c in expected[5].candidates} == {(T("10:00:00"), T("10:10:00"))}
+    assert isinstance(expected[6], oracle.OneOf)
+    assert sorted(c["operator_id"] for c in expected[6].candidates) == [4, 7]
+    assert all(c["custom_data"] is None and c["started_at"] is None for c in expected[6].candidates)
+    assert expected[7] == {"type": "video", "operator_id": 8, "website_id": 8, "group_id": 8, "custom_data": None,
+                           "started_at": T("12:00:00"), "ended_at": T("12:00:00"), "duration_seconds": 0.0}
+    # A OneOf takes any candidate and nothing else.
+    row = dict(expected[5].candidates[1])
+    assert row == expected[5]
+    assert {**row, "custom_data": {"v": 3}} != expected[5]
+
+
+def tied_orders():
+    yield from orders(TIED)
+    rng = random.Random(17)
+    for n in range(6):
+        shuffled = TIED[:]
+        rng.shuffle(shuffled)
+        yield f"one-by-one-{n}", [[e] for e in shuffled]
+
+
+def test_tied_starts_and_ends_give_one_row_whatever_the_order(settings, db, rq):
+    expected = oracle.conversations(TIED)
+    loop = DrainLoop(settings, registry_with_handlers(), name="ties")
+    seen = {}
+    try:
+        for label, batches in tied_orders():
+            with db.cursor() as cur:
+                cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
+            for batch in batches:
+                if batch:
+                    enqueue(loop.queue, *batch)
+                    drain(loop)
+            convs, _ = oracle.read_tables(db)
+            assert convs == expected, label
+            # attrs_* name the event the attributes came from (README, Tables).
+            for cid, source, params, same_time in query(db, """
+                    SELECT c.conversation_id, c.attrs_from, e.payload->'parameters',
+                           e.created_at = c.attrs_created_at AND e.name = 'conversation.' || c.attrs_from
+                    FROM conversations c LEFT JOIN events e ON e.event_key = c.attrs_event_key"""):
+                assert params is not None and same_time, (label, cid)
+                assert {k: params.get(k) for k in ("type", "operator_id", "website_id", "group_id")} == {
+                    k: convs[cid][k] for k in ("type", "operator_id", "website_id", "group_id")}, (label, cid)
+                assert source == ("end" if cid == 6 else "start"), (label, cid)
+            seen[label] = convs
+    finally:
+        loop.close()
+    first_label, first = next(iter(seen.items()))
+    for label, convs in seen.items():
+        assert convs == first, f"{label} and {first_label} chose different events for the same set"

@@ -117,19 +117,47 @@ def test_token_is_not_in_the_access_log(pipeline, tmp_path_factory):
     assert TOKEN not in text
 
 
-def test_analyst_role_can_read_but_not_write(settings, db):
+def test_analyst_role_can_read_but_not_write(settings, db, rq):
+    from tests.helpers import conversation, drain, enqueue, login, logout
+    from workers.drain import DrainLoop
+    from workers.handlers import registry_with_handlers
+
+    # Its own rows, stored by the real drain loop: the reads below must return them.
+    db.cursor().execute("TRUNCATE operator_horizons")
+    loop = DrainLoop(settings, registry_with_handlers(), name="analyst-seed")
+    enqueue(loop.queue, login(1, "2014-01-01 09:00:00"), logout(1, "2014-01-01 10:00:00"),
+            conversation("start", 1, "2014-01-01 09:10:00"), conversation("end", 1, "2014-01-01 09:20:00"))
+    drain(loop)
+    loop.close()
+    reads = ("SELECT conversation_id, type, started_at, ended_at FROM conversations",
+             "SELECT operator_id, login_at, logout_at FROM operator_sessions",
+             "SELECT name, status FROM events ORDER BY name",
+             "SELECT operator_id, day, sessions, online_seconds, conversations FROM operator_daily")
+    before = [query(db, sql) for sql in reads]
+    assert all(before) and len(before[2]) == 4
+
     conn = psycopg2.connect(settings.database_url)
+    conn.autocommit = True  # a refused statement aborts no transaction: each is tried on its own
     try:
         with conn.cursor() as cur:
             cur.execute("SET ROLE analyst")
-            cur.execute("SELECT count(*) FROM conversations")
-            cur.execute("SELECT * FROM operator_daily")
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute("INSERT INTO conversations (conversation_id, type, operator_id, website_id, group_id,"
-                            " started_at, attrs_from, attrs_created_at, attrs_event_key)"
-                            " VALUES (1, 'chat', 1, 1, 1, now(), 'start', now(), gen_random_uuid())")
+            cur.execute("SELECT current_user")
+            assert cur.fetchone() == ("analyst",)
+            for sql, rows in zip(reads, before, strict=True):
+                cur.execute(sql)
+                assert cur.fetchall() == rows, sql
+            for sql in ("INSERT INTO conversations (conversation_id, type, operator_id, website_id, group_id,"
+                        " started_at, attrs_from, attrs_created_at, attrs_event_key)"
+                        " VALUES (2, 'chat', 1, 1, 1, now(), 'start', now(), gen_random_uuid())",
+                        "UPDATE conversations SET type = 'call'",
+                        "DELETE FROM operator_sessions",
+                        "UPDATE events SET status = 'rejected', error = 'x'",
+                        "TRUNCATE conversations"):
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute(sql)
     finally:
         conn.close()
+    assert [query(db, sql) for sql in reads] == before
 
 
 def test_worker_logs_are_json_lines_with_the_event_id(pipeline, db, tmp_path_factory):

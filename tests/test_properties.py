@@ -82,7 +82,7 @@ def test_in_process_any_order_and_batching_equals_the_oracle(settings, db, rq, b
     try:
         for stream in (bodies, firsts[::-1] + rest[::-1]):
             with db.cursor() as cur:
-                cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
+                cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events, operator_horizons")
             rng = random.Random(len(stream))
             i = 0
             while i < len(stream):
@@ -117,7 +117,7 @@ def two_workers(database_url, redis_url, tmp_path_factory):
 @given(bodies=event_sets())
 def test_through_web_redis_and_two_workers_equals_the_oracle(two_workers, db, bodies):
     with db.cursor() as cur:
-        cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events")
+        cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events, operator_horizons")
     for body in bodies:
         resp = http.post_json(f"{two_workers}/push/{TOKEN}", json.dumps(body).encode())
         assert resp.status == 202, resp.body

@@ -40,17 +40,57 @@ def limit_keys(value: dict) -> None:
         raise ValidationError(f"More than {limit} keys ({len(value)}).")
 
 
+# Zones without transitions, where a local time has exactly one reading: the
+# default and by far the most common PUSH_TIMEZONE, so parsing skips the fold checks.
+_UTC_ZONES = (dt.UTC, ZoneInfo("UTC"), ZoneInfo("Etc/UTC"))
+
+
+def _earlier_offset_wins(first: dt.datetime, second: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """`first` (fold=0) unless the local time has two readings; then the one
+    with the smaller UTC offset, with that offset fixed in its tzinfo."""
+    offset, other = tz.utcoffset(first), tz.utcoffset(second)
+    if offset == other:
+        return first
+    # A fixed offset, not `tz` with fold=1: datetimes sharing a tzinfo compare
+    # and subtract by wall clock, ignoring fold, so min()/sorted() over events
+    # would put the autumn's second 02:30 before its first 02:50.
+    return first.replace(tzinfo=dt.timezone(min(offset, other)))
+
+
+def localize(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The instant a naive local time denotes in `tz`, by PostgreSQL's rule.
+
+    At a transition, a local time has two readings (fold=0 and fold=1); take
+    the one with the SMALLER UTC offset, as `timestamp AT TIME ZONE` does, so
+    that Python and the database always agree: an ambiguous autumn time is its
+    second occurrence (standard time), a nonexistent spring time is read with
+    the offset in force before the change (Europe/Paris: 2025-10-26 02:30 and
+    2025-03-30 02:30 are both 01:30 UTC). Python's default (fold=0) would make
+    the first of these 00:30 UTC.
+    """
+    if tz in _UTC_ZONES:
+        return naive.replace(tzinfo=tz)
+    first = naive.replace(tzinfo=tz, fold=0)
+    return _earlier_offset_wins(first, first.replace(fold=1), tz)
+
+
 def parse_push_datetime(value: object) -> dt.datetime:
-    """iAdvize's `YYYY-MM-DD HH:MM:SS` (in PUSH_TIMEZONE), or ISO 8601 with an offset."""
+    """iAdvize's `YYYY-MM-DD HH:MM:SS` (in PUSH_TIMEZONE, see localize), or ISO 8601 with an offset."""
     if not isinstance(value, str):
         raise ValidationError("Not a datetime string.")
     if _PUSH_FORMAT.match(value):
         # Sliced by hand: strptime costs more than the rest of the event's validation.
+        # localize() inlined: datetime.replace costs more than building the datetime.
+        tz = _timezone.get()
+        parts = (int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]), int(value[14:16]),
+                 int(value[17:19]))
         try:
-            return dt.datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]),
-                               int(value[14:16]), int(value[17:19]), tzinfo=_timezone.get())
+            first = dt.datetime(*parts, tzinfo=tz)
         except ValueError as exc:
             raise ValidationError(f"Not a valid datetime: {exc}.") from None
+        if tz in _UTC_ZONES:
+            return first
+        return _earlier_offset_wins(first, dt.datetime(*parts, tzinfo=tz, fold=1), tz)
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

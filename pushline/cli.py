@@ -86,7 +86,11 @@ def _when(text: str, settings: Settings):
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or ISO datetime: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=settings.tzinfo)
+    if value.tzinfo:
+        return value
+    from schemas.fields import localize  # the events' own rule for local times at a clock change
+
+    return localize(value, settings.tzinfo)
 
 
 def _queue(settings: Settings):

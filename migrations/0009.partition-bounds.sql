@@ -95,7 +95,9 @@ INSERT INTO events OVERRIDING SYSTEM VALUE
 SELECT id, event_key, source, name, created_at, sent_at, received_at, deliveries, receipt_ids, payload, status,
        error, processed_at
 FROM events_0008;
-SELECT setval(pg_get_serial_sequence('events', 'id'), coalesce((SELECT max(id) FROM events), 0) + 1, false);
+DO $$ BEGIN  -- in a block, so that the migration prints no result table
+    PERFORM setval(pg_get_serial_sequence('events', 'id'), coalesce((SELECT max(id) FROM events), 0) + 1, false);
+END $$;
 DROP TABLE events_0008;
 DROP FUNCTION IF EXISTS pushline_ensure_month(date);
 

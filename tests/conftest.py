@@ -239,12 +239,16 @@ def examples(n: int) -> int:
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.test_faults import REPORT
+    from tests.test_faults import REPORT, REPORT_NOTES
 
     if REPORT:
         terminalreporter.section("fault suite")
         for row in REPORT:
+            slowest = row.get("slowest_push_seconds")
             terminalreporter.write_line(
-                f"{row['case']:<30} sent {row['sent']:>5}  202 {row['202']:>5}  stored {row['stored']:>5}"
+                f"{row['case']:<34} sent {row['sent']:>5}  202 {row['202']:>5}  stored {row['stored']:>5}"
                 f"  lost {row['lost']}  all stored {row['drain_seconds']:>5.1f} s after the fault ended,"
-                f" {row['after_last_push_seconds']:>4.1f} s after the last push")
+                f" {row['after_last_push_seconds']:>4.1f} s after the last push;"
+                f" slowest push answer {'-' if slowest is None else f'{slowest:.2f} s'}")
+        for note in REPORT_NOTES:
+            terminalreporter.write_line(note)

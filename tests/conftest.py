@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-default-0123456789abcdef"
 PARIS_TOKEN = "tok-paris-0123456789abcdef"
 RUN_ID = uuid.uuid4().hex[:8]
-TABLES = "events, conversations, operator_sessions, operator_events, spool"
+TABLES = "events, conversations, operator_sessions, operator_events, operator_horizons, spool"
 
 
 def free_port() -> int:

@@ -67,7 +67,9 @@ INSERT INTO events OVERRIDING SYSTEM VALUE
 SELECT id, event_key, source, name, created_at, sent_at, received_at, deliveries, receipt_ids, payload, status,
        error, processed_at
 FROM events_unpartitioned;
-SELECT setval(pg_get_serial_sequence('events', 'id'), coalesce((SELECT max(id) FROM events), 0) + 1, false);
+DO $$ BEGIN  -- in a block, so that migrating prints no result table (same effect as before)
+    PERFORM setval(pg_get_serial_sequence('events', 'id'), coalesce((SELECT max(id) FROM events), 0) + 1, false);
+END $$;
 DROP TABLE events_unpartitioned;
 
 GRANT SELECT ON events TO analyst;

@@ -33,9 +33,26 @@ def _exec(argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
+def _embedded(settings: Settings) -> Settings:
+    """With no URLs set, the servers `make run` embeds, when they are up (so that
+    `make stats` and friends work beside `make run` as they are)."""
+    import dataclasses
+
+    from pushline import devstack
+
+    found = {}
+    pg_port = int(os.environ.get("PUSHLINE_PG_PORT", devstack.PG_PORT))
+    redis_port = int(os.environ.get("PUSHLINE_REDIS_PORT", devstack.REDIS_PORT))
+    if not settings.database_url and devstack.port_open(pg_port):
+        found["database_url"] = f"postgresql://postgres@127.0.0.1:{pg_port}/pushline"
+    if not settings.redis_url and devstack.port_open(redis_port):
+        found["redis_url"] = f"redis://127.0.0.1:{redis_port}/0"
+    return dataclasses.replace(settings, **found) if found else settings
+
+
 def _settings(*required: str) -> Settings:
     try:
-        settings = Settings.from_env()
+        settings = _embedded(Settings.from_env())
         settings.require(*required)
     except ConfigError as exc:
         print(f"pushline: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_USER = "pgserver"  # the unprivileged account PostgreSQL runs as when we are root
+PG_PORT, REDIS_PORT = 54329, 63799  # the embedded servers' ports unless PUSHLINE_PG_PORT / _REDIS_PORT say
 
 
 def var_dir() -> Path:
@@ -243,9 +244,9 @@ def bootstrap(env: dict[str, str]) -> Embedded:
     emb = Embedded()
     try:
         if not env.get("DATABASE_URL"):
-            env["DATABASE_URL"] = start_postgres(emb, int(env.get("PUSHLINE_PG_PORT", "54329")))
+            env["DATABASE_URL"] = start_postgres(emb, int(env.get("PUSHLINE_PG_PORT", PG_PORT)))
         if not env.get("REDIS_URL"):
-            env["REDIS_URL"] = start_redis(emb, int(env.get("PUSHLINE_REDIS_PORT", "63799")))
+            env["REDIS_URL"] = start_redis(emb, int(env.get("PUSHLINE_REDIS_PORT", REDIS_PORT)))
     except BaseException:
         emb.stop()
         raise

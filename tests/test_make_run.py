@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,13 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def alive(pid: int) -> bool:
@@ -70,6 +78,23 @@ def test_make_run_serves_a_push_and_ctrl_c_leaves_no_process(tmp_path):
                 return cur.fetchall()
 
         assert wait_for(stored, timeout=30, what="the event row") == [("operator.login", "processed")]
+
+        # `make stats` beside it, with no URLs set: it finds the embedded servers.
+        stats = subprocess.run(["make", "-s", "stats"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120)
+        assert stats.returncode == 0, stats.stderr
+        report = json.loads(stats.stdout[stats.stdout.index("{"):])
+        assert report["events"] == [{"name": "operator.login", "status": "processed", "events": 1}]
+
+        # A worker that exits (as it does when it cannot go on) is started again.
+        [worker] = [p for p in descendants(make.pid) if b"workers.celery_app" in cmdline(p)
+                    and b"worker" in cmdline(p) and alive(p)]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: "worker exited with -9; restarting it" in out.read_text(), timeout=30,
+                 what="make run to restart the worker")
+        assert http.post_json(url, fixture("operator.logout")).status == 202
+        wait_for(lambda: len(stored()) == 2, timeout=60, what="the restarted worker to store an event")
+        assert "Pushline is running" in out.read_text() and "setval" not in out.read_text().split("Pushline")[0]
         started = descendants(make.pid)
         assert len(started) >= 4  # supervisor, postgres, redis, gunicorn, worker (and their children)
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

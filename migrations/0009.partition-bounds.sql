@@ -105,34 +105,38 @@ DROP FUNCTION IF EXISTS pushline_ensure_month(date);
 -- Returns how many months it created (0 when already far enough). The caller
 -- sets lock_timeout: DETACH waits for ACCESS EXCLUSIVE on events_after behind
 -- any running query, and must give up rather than queue writers behind it.
+-- Only the rows below the new edge move; events_after itself is attached
+-- again with its new lower bound, so far-future rows are never rewritten.
+-- SECURITY DEFINER (workers may not run DDL): every name is schema-qualified
+-- and the search path holds only pg_catalog, then pg_temp, so no object that
+-- another role creates can stand in for one of ours.
 CREATE FUNCTION pushline_roll_partitions(months_ahead integer DEFAULT 3) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     horizon timestamptz;
-    target timestamptz := pushline_month_start(now(), months_ahead);
+    target timestamptz := public.pushline_month_start(now(), least(greatest(months_ahead, 1), 24));
     m timestamptz;
     made integer := 0;
 BEGIN
     PERFORM pg_advisory_xact_lock(745100, 1);
     SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz
-      INTO horizon FROM pg_class c WHERE c.oid = 'events_after'::regclass;
+      INTO horizon FROM pg_class c WHERE c.oid = 'public.events_after'::regclass;
     IF horizon >= target THEN
         RETURN 0;
     END IF;
-    ALTER TABLE events DETACH PARTITION events_after;
-    ALTER TABLE events_after RENAME TO events_after_old;
+    ALTER TABLE public.events DETACH PARTITION public.events_after;
     m := horizon;
     WHILE m < target LOOP
-        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+        EXECUTE format('CREATE TABLE public.%I PARTITION OF public.events FOR VALUES FROM (%L) TO (%L)',
                        'events_' || to_char(m AT TIME ZONE 'UTC', 'YYYY_MM'),
-                       pushline_utc_bound(m), pushline_utc_bound(pushline_month_start(m, 1)));
-        m := pushline_month_start(m, 1);
+                       public.pushline_utc_bound(m), public.pushline_utc_bound(public.pushline_month_start(m, 1)));
+        m := public.pushline_month_start(m, 1);
         made := made + 1;
     END LOOP;
-    EXECUTE format('CREATE TABLE events_after PARTITION OF events FOR VALUES FROM (%L) TO (MAXVALUE)',
-                   pushline_utc_bound(target));
-    INSERT INTO events OVERRIDING SYSTEM VALUE SELECT * FROM events_after_old;
-    DROP TABLE events_after_old;
+    WITH moved AS (DELETE FROM public.events_after WHERE created_at < target RETURNING *)
+    INSERT INTO public.events OVERRIDING SYSTEM VALUE SELECT * FROM moved;
+    EXECUTE format('ALTER TABLE public.events ATTACH PARTITION public.events_after FOR VALUES FROM (%L) TO (MAXVALUE)',
+                   public.pushline_utc_bound(target));
     RETURN made;
 END
 $$;

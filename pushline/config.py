@@ -27,7 +27,7 @@ DEFAULTS = {
     "PUSHLINE_BATCH_SIZE": "500",
     "PUSHLINE_BATCH_WAIT_MS": "20",
     "PUSHLINE_LEASE_SECONDS": "60",
-    "PUSHLINE_WORKER_STALL_SECONDS": "300",
+    "PUSHLINE_WORKER_STALL_SECONDS": "120",
     "LOG_LEVEL": "INFO",
 }
 
@@ -93,7 +93,7 @@ class Settings:
     batch_wait_ms: int
     lease_seconds: int
     log_level: str
-    worker_stall_seconds: int = 300
+    worker_stall_seconds: int = 120
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -103,13 +103,15 @@ class Settings:
     def from_mapping(cls, values: dict[str, str]) -> Settings:
         merged = {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
 
-        def integer(name: str, minimum: int = 1) -> int:
+        def integer(name: str, minimum: int = 1, maximum: int | None = None) -> int:
             try:
                 value = int(merged[name])
             except ValueError:
                 raise ConfigError(f"{name} must be an integer, got {merged[name]!r}") from None
             if value < minimum:
                 raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+            if maximum is not None and value > maximum:
+                raise ConfigError(f"{name} must be at most {maximum}, got {value}")
             return value
 
         tz = merged["PUSH_TIMEZONE"].strip() or "UTC"
@@ -129,7 +131,7 @@ class Settings:
             queue_high_water=integer("QUEUE_HIGH_WATER"),
             port=integer("PORT"),
             queue_prefix=merged["PUSHLINE_QUEUE_PREFIX"].strip() or "pushline",
-            batch_size=integer("PUSHLINE_BATCH_SIZE"),
+            batch_size=integer("PUSHLINE_BATCH_SIZE", maximum=5000),  # a batch is one transaction
             batch_wait_ms=integer("PUSHLINE_BATCH_WAIT_MS", minimum=0),
             lease_seconds=integer("PUSHLINE_LEASE_SECONDS", minimum=5),
             log_level=merged["LOG_LEVEL"].strip().upper() or "INFO",

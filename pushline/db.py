@@ -25,10 +25,23 @@ import psycopg2.extensions
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
-# Errors after which the same work may succeed later: the server went away,
-# restarted, cancelled a statement on a timeout, or chose this transaction as a
-# deadlock/serialization victim (all OperationalError subclasses in psycopg2).
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# SQLSTATE classes after which the same work may succeed later: the connection
+# failed (08), the transaction was a deadlock/serialization victim (40), the
+# server lacked resources (53), a statement was cancelled or the server shut
+# down (57), an I/O error (58); and a lock wait that timed out (55P03).
+# psycopg2 files others under OperationalError too (54xxx "program limit
+# exceeded": an index row too large for a 6 kB event name), which are the
+# data's fault: retrying them would loop on the same item forever.
+_TRANSIENT_CLASSES = frozenset(("08", "40", "53", "57", "58"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg2.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg2.OperationalError):
+        return False
+    code = exc.pgcode
+    return code is None or code[:2] in _TRANSIENT_CLASSES or code == "55P03"  # None: no server reply at all
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from pushline.jsonvalues import canonical_number
+from pushline.jsonvalues import canonical_number, integral_float
 
 
 def _canonical(value: Any) -> Any:
     # Scalars other than floats are returned by the comprehensions without a
     # call: this runs for every event the workers read.
     if type(value) is float:
-        return int(value) if value.is_integer() else value
+        return integral_float(value) if value.is_integer() else value
     if type(value) is dict:
         return {k: _canonical(v) if type(v) in _WALK else v for k, v in value.items()}
     if type(value) is list:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-# A 3-digit exponent or a run of 300 digits: the only spellings of a number
-# that a float may not hold (floats reach 1.8e308; 4300-digit ints fail).
-# A run is only tried where it starts, so the scan stays linear on any body.
-_MAYBE_HUGE = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{300}")
-_MAYBE_HUGE_TEXT = re.compile(r"[0-9][eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{300}")
+# A 3-digit exponent or 300 digits: the only spellings of a number that a float
+# may not hold (floats reach 1.8e308; 4300-digit ints fail). Only where a JSON
+# number can start (after `:`, `[` or `,`), so that ids such as "8e123..."
+# inside strings rarely send a body down the slow path; tried only where a
+# number starts, the scan stays linear on any body.
+_PATTERN = r"[:\[,]\s*-?(?:[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9.]{300})"
+_MAYBE_HUGE = re.compile(_PATTERN.encode())
+_MAYBE_HUGE_TEXT = re.compile(_PATTERN)
 
 # numeric's limits (PostgreSQL docs, "Arbitrary Precision Numbers").
 NUMERIC_MAX_INTEGER_DIGITS = 131072
@@ -50,8 +53,12 @@ def needs_exact(raw: bytes | str) -> bool:
 
 
 def loads_exact(text: str) -> Any:
-    """Every float as a Decimal, every integer past 4000 digits too."""
-    return _EXACT.decode(text)
+    """Every float as a Decimal, every integer past 4000 digits too. A number
+    beyond even Decimal's range (an exponent of 20 digits) is NotJSON."""
+    try:
+        return _EXACT.decode(text)
+    except InvalidOperation:
+        raise NotJSON("a number beyond any range") from None
 
 
 def storable(number: Decimal) -> bool:
@@ -59,20 +66,32 @@ def storable(number: Decimal) -> bool:
     exponent = number.as_tuple().exponent
     if not isinstance(exponent, int):  # NaN/Infinity never come out of a JSON decoder
         return False
+    if number.is_zero():  # 0e999999 is 0 (its exponent says nothing about its digits)
+        return -exponent <= NUMERIC_MAX_SCALE
     return number.adjusted() < NUMERIC_MAX_INTEGER_DIGITS and -exponent <= NUMERIC_MAX_SCALE
 
 
 def canonical_number(number: Decimal) -> Any:
     """The value an event's identity uses for an exact number.
 
-    Within a float's range, the float (so that `5e-001` and `0.5` are one
-    value, as in the fast path); beyond it, a tagged text of the normalized
-    number (a string holding U+0000 cannot come from an accepted body).
+    An integer value (below 4000 digits) is that int, as `integral_float`
+    gives for floats; within a float's range, the float (so that `5e-001` and
+    `0.5` are one value, as in the fast path); beyond it, a tagged text of the
+    normalized number (a string holding U+0000 cannot come from an accepted body).
     """
+    if number == number.to_integral_value() and (number.is_zero() or number.adjusted() < _INT_DIGITS):
+        return int(number)
     as_float = float(number)
     if as_float not in (float("inf"), float("-inf")) and (as_float != 0.0 or number.is_zero()):
         return int(as_float) if as_float.is_integer() else as_float
     return "\x00number:" + str(number.normalize())
+
+
+def integral_float(value: float) -> int:
+    """The integer a float with no fraction was written as: `1e23` is 10**23,
+    not the 99999999999999991611392 the float holds (repr is the shortest
+    text that reads back as this float, i.e. how the sender most likely wrote it)."""
+    return int(Decimal(repr(value)))
 
 
 class _Placeholders(json.JSONEncoder):

@@ -13,11 +13,13 @@ import logging
 
 import psycopg2
 
-from pushline.db import DDL_LOCK_TIMEOUT, TOOL, connect
+from pushline.db import DDL_LOCK_TIMEOUT, Timeouts, connect
 
 log = logging.getLogger(__name__)
 
 MONTHS_AHEAD = 3
+# Well below a worker's stall limit: the roll runs in a worker's housekeeping.
+ROLL = Timeouts(statement_ms=60_000, lock_ms=5_000, idle_in_transaction_ms=60_000)
 
 
 def roll(url: str, months_ahead: int = MONTHS_AHEAD) -> int | None:
@@ -26,7 +28,7 @@ def roll(url: str, months_ahead: int = MONTHS_AHEAD) -> int | None:
     Returns how many were created, or None when a lock could not be had in
     time (a long query on events_after): the next run tries again.
     """
-    conn = connect(url, "pushline-partitions", TOOL)
+    conn = connect(url, "pushline-partitions", ROLL)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")

@@ -23,13 +23,18 @@ from pushline.resp import RespConnection
 
 # KEYS: incoming, batch, leases; ARGV: max items, lease deadline, batch id.
 # Oldest items are at the right end of `incoming`.
+# Copies before it trims (a script that fails half way is not rolled back: a
+# failure may then duplicate, never lose), in chunks (Lua's unpack has a limit).
 _CLAIM = """
 local n = tonumber(ARGV[1])
+if n < 1 then return {} end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items == 0 then return items end
-redis.call('LTRIM', KEYS[1], 0, -#items - 1)
-redis.call('RPUSH', KEYS[2], unpack(items))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+redis.call('LTRIM', KEYS[1], 0, -#items - 1)
 return items
 """
 
@@ -48,7 +53,9 @@ return out
 
 # The items of a batch whose lease ends, by expiry or by release:
 # KEYS: incoming, leases, suspect, struck, strikes
-# ARGV: batch key prefix, strike limit (0: back to `incoming`, no strike), then batch ids.
+# ARGV: batch key prefix, strike limit (0: no strike; then ARGV[3] says where:
+# 'queue' for the consumer end of `incoming`, 'suspect'), the highest lease
+# deadline to end (a lease extended since it was read as expired is kept), batch ids.
 # An expired lease means its worker died (or stalled past its lease, which we
 # cannot tell apart) holding the batch: one of its events may be what killed
 # it. Its items go to `suspect`, to be processed one at a time, with a strike
@@ -57,17 +64,21 @@ return out
 # database is down) returns items to the consumer end of `incoming`.
 _END_LEASES = """
 local limit = tonumber(ARGV[2])
+local target = ARGV[3] == 'suspect' and KEYS[3] or KEYS[1]
+local highest = tonumber(ARGV[4])
 local moved = 0
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. id
-  if redis.call('ZREM', KEYS[2], id) == 1 then
+  local deadline = redis.call('ZSCORE', KEYS[2], id)
+  if deadline and tonumber(deadline) <= highest then
+    redis.call('ZREM', KEYS[2], id)
     while true do
       local item = redis.call('LPOP', key)
       if not item then break end
       moved = moved + 1
       if limit == 0 then
-        redis.call('RPUSH', KEYS[1], item)
+        redis.call('RPUSH', target, item)
       else
         local receipt = string.match(item, '^[^\t]*')
         if redis.call('HINCRBY', KEYS[5], receipt, 1) >= limit then
@@ -89,27 +100,31 @@ return moved
 # changes nothing here (the database side made its writes no-ops).
 # KEYS: batch, leases, strikes, dead letters, dead-letter reasons
 # ARGV: batch id, forget strikes (0/1), then pairs of (dead item, reason).
+# Deletions come first: a Redis at maxmemory refuses a script's first write
+# only if it may grow memory, so the batch is removed before dead letters are parked.
 _ACK = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-if ARGV[2] == '1' then
-  for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    redis.call('HDEL', KEYS[3], string.match(item, '^[^\t]*'))
-  end
+local items = {}
+if ARGV[2] == '1' then items = redis.call('LRANGE', KEYS[1], 0, -1) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for _, item in ipairs(items) do
+  redis.call('HDEL', KEYS[3], string.match(item, '^[^\t]*'))
 end
 for i = 3, #ARGV, 2 do
   redis.call('RPUSH', KEYS[4], ARGV[i])
   redis.call('HSET', KEYS[5], string.match(ARGV[i], '^[^\t]*'), ARGV[i + 1])
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# One item from the first non-empty list of KEYS[3..], under a lease like any batch.
+# One item from the first non-empty list of KEYS[3..], under a lease like any batch;
+# the oldest first (items are appended on the right), so that one item that keeps
+# failing does not starve the others.
 # KEYS: batch, leases, sources...; ARGV: lease deadline, batch id. Returns {source index, item}.
 _CLAIM_ONE = """
 for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
+  local item = redis.call('LPOP', KEYS[i])
   if item then
     redis.call('RPUSH', KEYS[1], item)
     redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
@@ -235,6 +250,9 @@ class EventQueue:
             if first is None:
                 self.redis.zrem(self.leases, batch_id)
                 return None
+            # Registered again: had we stalled past the lease before BLMOVE ran, a
+            # sweep would have ended it, and the item would sit in a list nobody owns.
+            self.redis.zadd(self.leases, {batch_id: self._deadline()})
             items = [first, *self._claim(keys=[self.incoming, key, self.leases],
                                          args=[max_items - 1, self._deadline(), batch_id])]
         items = list(items)
@@ -264,21 +282,24 @@ class EventQueue:
         keys = [self.batch_prefix + batch.id, self.leases, self.strikes, self.dead_letters, self.dead_reasons]
         return bool(self._ack(keys=keys, args=args))
 
-    def release(self, batch: Batch, strike: bool = False) -> int:
+    def release(self, batch: Batch, strike: bool = False, suspect: bool = False) -> int:
         """Give a batch back now instead of waiting for its lease: to the head of
-        the queue (the database is down), or with `strike` to `suspect`, one
-        strike per item (the batch failed in a way that may be one item's fault)."""
-        return self._end([batch.id], STRIKE_LIMIT if strike else 0)
+        the queue (the database is down); with `suspect`, to the suspects, to be
+        processed one at a time; with `strike` as well, one strike per item (the
+        batch failed in a way that may be one item's fault)."""
+        return self._end([batch.id], STRIKE_LIMIT if strike else 0, "suspect" if suspect or strike else "queue",
+                         float("inf"))
 
     def reclaim(self, now: float | None = None, limit: int = 100) -> int:
         """Return the items of expired leases to the queue; returns how many moved."""
         now = time.time() if now is None else now
         expired = [b.decode() for b in self.redis.zrangebyscore(self.leases, "-inf", now, start=0, num=limit)]
-        return self._end(expired, STRIKE_LIMIT) if expired else 0
+        return self._end(expired, STRIKE_LIMIT, "suspect", now) if expired else 0
 
-    def _end(self, batch_ids: list[str], strike_limit: int) -> int:
+    def _end(self, batch_ids: list[str], strike_limit: int, target: str, highest: float) -> int:
         keys = [self.incoming, self.leases, self.suspect, self.struck, self.strikes]
-        return int(self._end_leases(keys=keys, args=[self.batch_prefix, strike_limit, *batch_ids]))
+        bound = "1e300" if highest == float("inf") else repr(highest)
+        return int(self._end_leases(keys=keys, args=[self.batch_prefix, strike_limit, target, bound, *batch_ids]))
 
     # -- what waits, and since when --------------------------------------
     def oldest_pending_received_at(self) -> float | None:

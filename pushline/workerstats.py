@@ -14,7 +14,7 @@ from collections import Counter
 import redis
 
 STALE_AFTER = 120.0  # seconds without a batch before a worker's lag is no longer reported
-GONE_AFTER = 86400.0  # seconds without a heartbeat before a worker is forgotten
+GONE_AFTER = 600.0  # seconds without a heartbeat before a worker is forgotten (it died; its node name was its pid)
 
 
 class WorkerStats:

@@ -8,6 +8,7 @@ test_hostile.py.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -25,6 +26,16 @@ from tests.helpers import conversation, drain, enqueue, login, logout
 from web import create_app
 from workers.drain import DrainLoop, Heartbeat
 from workers.handlers import registry_with_handlers
+from workers.registry import Registry
+
+
+def registry_with(name: str, apply) -> Registry:
+    """A copy of the handlers' registry with one handler's apply replaced (the shared one stays intact)."""
+    copy = Registry()
+    copy._handlers = dict(registry_with_handlers()._handlers)
+    handler = copy._handlers[name]
+    copy._handlers[name] = type(handler)(apply, handler.schema, handler.name)
+    return copy
 
 
 @pytest.fixture
@@ -162,40 +173,46 @@ def test_rolling_partitions_ahead_moves_the_far_future_rows_and_is_idempotent(se
 
 # -- what cannot be classified ---------------------------------------------
 
-def test_an_item_that_cannot_be_stored_is_a_dead_letter_and_the_rest_flows(loop, queue, db, settings):
+def test_what_cannot_be_stored_as_sent_is_kept_minimal_or_dead_lettered_and_the_rest_flows(loop, queue, db,
+                                                                                           settings):
     good = enqueue(queue, login(9, "2014-01-01 08:00:00"))
-    # Bypassing the edge (which refuses it): a string PostgreSQL cannot store, and a non-envelope.
+    # Bypassing the edge (which refuses it): a string PostgreSQL cannot store; a name too
+    # long for an index row (the edge takes it); and an item whose envelope is unreadable.
     bad = push_raw(queue, '{"name": "x.y", "s": "nul \\u0000 here"}')
-    queue.push(b"not an envelope", high_water=10**9)
+    long_name = push_raw(queue, json.dumps({"name": os.urandom(4000).hex(), "parameters": {}}))
+    queue.push(b"broken\tsrc\xff\t%.6f\n{}" % (time.time() - 50), high_water=10**9)  # header not UTF-8
     good += enqueue(queue, logout(9, "2014-01-01 09:00:00"))
     drain(loop)
-    assert sorted(r for (ids,) in query(db, "SELECT receipt_ids FROM events") for r in ids) == sorted(good)
+    rows = {ids[0]: (status, error, payload) for ids, status, error, payload in
+            query(db, "SELECT receipt_ids, status, error, payload FROM events")}
+    assert set(rows) == {*good, bad, long_name}
+    assert rows[bad][0] == "rejected" and "Unicode" in rows[bad][1]
+    assert rows[bad][2] == {"name": "x.y", "unstorable_body": '{"name": "x.y", "s": "nul \\u0000 here"}'}
+    assert rows[long_name][0] == "rejected" and "index row" in rows[long_name][1]
+    assert len(rows[long_name][2]["name"]) == 200
     assert query(db, "SELECT duration_seconds FROM operator_sessions") == [(3600.0,)]
-    assert queue.dead_letter_count() == 2
-    reasons = queue.dead_letter_reasons()
-    assert "Unicode" in reasons[bad] and "stored as rejected" in reasons[bad]
+    assert queue.dead_letter_count() == 1
+    [(receipt, reason)] = queue.dead_letter_reasons().items()
+    assert receipt == "broken" and reason.startswith("envelope: ")
 
     text = create_app(settings).test_client().get("/metrics").get_data(as_text=True)
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    assert values["pushline_dead_letters"] == 2
-    assert values["pushline_oldest_pending_seconds"] > 0  # parked is not stored
+    assert values["pushline_dead_letters"] == 1
+    assert values["pushline_oldest_pending_seconds"] >= 50  # parked is not stored
     out = subprocess.run([sys.executable, "-m", "pushline.cli", "stats"], env=settings_env(settings), cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     report = json.loads(out.stdout)
-    assert report["dead_letters"] == 2 and bad in report["dead_letter_reasons"]
+    assert report["dead_letters"] == 1 and "broken" in report["dead_letter_reasons"]
 
     out = subprocess.run([sys.executable, "-m", "pushline.cli", "replay", "--dead-letters"],
                          env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert json.loads(out.stdout) == {"dead_letters_requeued": 2}
-    assert queue.dead_letter_count() == 0 and queue.depth() == 2
+    assert json.loads(out.stdout) == {"dead_letters_requeued": 1}
+    assert queue.dead_letter_count() == 0 and queue.depth() == 1
 
 
 def test_a_handler_that_hangs_past_the_statement_timeout_sends_its_batch_to_the_suspects(settings, db, rq):
     """A batch whose statement times out is retried one item at a time, with strikes: the queue goes on."""
-    registry = registry_with_handlers()
-    handler = registry.get("conversation.end")
-    slow = type(handler)(lambda cur, events: cur.execute("SELECT pg_sleep(3)"), handler.schema, handler.name)
-    registry._handlers["conversation.end"] = slow
+    registry = registry_with("conversation.end", lambda cur, events: cur.execute("SELECT pg_sleep(3)"))
     loop = DrainLoop(settings, registry, name="slow")
     try:
         with loop.conn.cursor() as cur:
@@ -216,15 +233,13 @@ def test_a_handler_that_hangs_past_the_statement_timeout_sends_its_batch_to_the_
 def test_a_slow_batch_keeps_its_lease_and_gets_no_strike(settings, db, rq):
     fast = make_settings(settings.database_url, settings.redis_url, PUSHLINE_LEASE_SECONDS="5",
                          PUSHLINE_QUEUE_PREFIX=settings.queue_prefix)
-    registry = registry_with_handlers()
-    handler = registry.get("operator.login")
+    handler = registry_with_handlers().get("operator.login")
 
     def slow_apply(cur, events):
         time.sleep(8)  # longer than the lease
         handler.apply(cur, events)
 
-    registry._handlers["operator.login"] = type(handler)(slow_apply, handler.schema, handler.name)
-    loop = DrainLoop(fast, registry, name="slowpoke")
+    loop = DrainLoop(fast, registry_with("operator.login", slow_apply), name="slowpoke")
     beat = Heartbeat(loop, stall_seconds=60)
     beat.start()
     other = DrainLoop(fast, registry_with_handlers(), name="other")

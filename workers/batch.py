@@ -11,12 +11,15 @@ item holds can stop the items behind it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pushline.db import TRANSIENT_ERRORS
+import psycopg2
+
+from pushline.db import is_transient
 from schemas import push_timezone
 from workers.intake import Incoming, read_item
 from workers.registry import Registry
@@ -69,40 +72,54 @@ def _store(conn, groups: dict[str, list[Incoming]]) -> tuple[Counter, list[tuple
             counts = Counter(write_batch(cur, groups))
         conn.commit()
         return counts, []
-    except TRANSIENT_ERRORS:
-        conn.rollback()
-        raise
-    except Exception:
-        conn.rollback()
+    except Exception as exc:
+        _rollback(conn)
+        if is_transient(exc):
+            raise
         log.warning("batch of %d events failed; isolating the one at fault", len(groups), exc_info=True)
     return _one_by_one(conn, groups)
 
 
+def _rollback(conn) -> None:
+    with contextlib.suppress(psycopg2.Error):  # the connection is gone; the caller drops it
+        conn.rollback()
+
+
+def _try(cur, counts: Counter, groups: dict[str, list[Incoming]], prefix: str = "store") -> bool | str:
+    """Write under the current savepoint: True, or why it failed (rolled back to the savepoint)."""
+    try:
+        counts.update(write_batch(cur, groups))
+        return True
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT one_event")
+        return _reason(prefix, exc)
+
+
 def _one_by_one(conn, groups: dict[str, list[Incoming]]) -> tuple[Counter, list[tuple[list[Incoming], str]]]:
+    """Each event under a savepoint: as it is; else rejected with the reason; else, last
+    resort, as a minimal row keeping the body as a JSON string with what PostgreSQL
+    refuses replaced (so that the 202 still ends in `events`); else parked."""
     counts: Counter = Counter()
     unstorable = []
     with conn.cursor() as cur:
         for key, group in groups.items():
             cur.execute("SAVEPOINT one_event")
-            try:
-                counts.update(write_batch(cur, {key: group}))
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT one_event")
-                reason = _reason("handler" if group[0].status == "processed" else "store", exc)
+            prefix = "handler" if group[0].status == "processed" else "store"
+            reason = _try(cur, counts, {key: group}, prefix)
+            if reason is not True:
                 log.error("event rejected: it could not be stored as it is", extra={
                     "event_key": key, "receipt_ids": [i.receipt_id for i in group], "error": reason})
                 for item in group:
                     item.reject(reason)
-                try:
-                    counts.update(write_batch(cur, {key: group}))
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as again:
-                    cur.execute("ROLLBACK TO SAVEPOINT one_event")
-                    reason = f"{reason}; then, stored as rejected: {_reason('store', again)}"
-                    log.error("event dead-lettered: it cannot be stored even as rejected", extra={
+                failed = _try(cur, counts, {key: group})
+                if failed is not True:
+                    reason = f"{reason}; as rejected: {failed}"
+                    failed = _try(cur, counts, {key: [item.as_unstorable(reason) for item in group]})
+                if failed is not True:
+                    reason = f"{reason}; as a minimal row: {failed}"
+                    log.error("event dead-lettered: it cannot be stored even as a minimal row", extra={
                         "event_key": key, "receipt_ids": [i.receipt_id for i in group], "error": reason})
                     unstorable.append((group, reason))
             cur.execute("RELEASE SAVEPOINT one_event")

@@ -30,7 +30,7 @@ import redis
 
 from pushline import partitions, redis_client, spool
 from pushline.config import Settings
-from pushline.db import TRANSIENT_ERRORS, connect
+from pushline.db import connect, is_transient
 from pushline.queue import STRIKE_LIMIT, Batch, EventQueue
 from pushline.workerstats import WorkerStats
 from workers.batch import process_items
@@ -122,13 +122,15 @@ class DrainLoop:
                 self.step()
                 failures = 0
                 self.last_progress = time.time()
-            except (redis.RedisError, *TRANSIENT_ERRORS) as exc:
+            except (redis.RedisError, psycopg2.Error) as exc:
+                if isinstance(exc, psycopg2.Error) and not is_transient(exc):
+                    raise  # a bug outside any batch (batches isolate what is the data's)
                 failures += 1
                 with contextlib.suppress(redis.RedisError):
                     self.stats.count("retries")
                 delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 6))
                 log.warning("transient failure, retrying in %.1fs: %s: %s", delay, type(exc).__name__, exc)
-                if isinstance(exc, TRANSIENT_ERRORS):
+                if isinstance(exc, psycopg2.Error):
                     self._drop_connection()
                 self.phase = f"waiting {delay:.1f}s after {type(exc).__name__}"
                 self.stopping.wait(delay)  # waiting on purpose is not being stuck: no step runs
@@ -203,12 +205,17 @@ class DrainLoop:
                                    self.settings.max_custom_data_keys, reject=reject)
         except psycopg2.errors.QueryCanceled:
             # A statement timeout: a hung server, or one item that makes a statement
-            # slow. One at a time, with strikes, the second kind cannot stall us.
+            # slow. A batch goes to the suspects, one at a time; a single item that
+            # times out alone gets a strike, so the second kind cannot stall us.
+            self._give_back(batch, strike=len(batch.items) == 1, suspect=True)
+            raise
+        except (redis.RedisError, psycopg2.Error) as exc:
+            if isinstance(exc, redis.RedisError) or is_transient(exc):
+                self._give_back(batch, strike=False)
+                raise
+            log.error("batch failed in an unexpected way; its items are retried one at a time", exc_info=True)
             self._give_back(batch, strike=True)
-            raise
-        except (redis.RedisError, *TRANSIENT_ERRORS):
-            self._give_back(batch, strike=False)
-            raise
+            return
         except Exception:
             # Not the database's fault and not isolated by process_items: an item
             # we cannot classify. One at a time with strikes, it ends stored rejected.
@@ -230,10 +237,10 @@ class DrainLoop:
         except redis.RedisError:  # figures only; the batch itself is safely stored
             log.warning("could not record worker metrics")
 
-    def _give_back(self, batch: Batch, strike: bool) -> None:
+    def _give_back(self, batch: Batch, strike: bool, suspect: bool = False) -> None:
         """Hand the batch back at once rather than after its lease expires."""
         try:
-            self.queue.release(batch, strike=strike)
+            self.queue.release(batch, strike=strike, suspect=suspect or strike)
         except redis.RedisError:
             log.warning("could not release batch %s; its lease will return it", batch.id)
 

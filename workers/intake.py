@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from pushline.envelope import Envelope
 from pushline.identity import event_key
-from pushline.jsonvalues import loads_exact, needs_exact
+from pushline.jsonvalues import dumps_exact, loads_exact, needs_exact
 from schemas import load_event, peek_datetime
 from schemas.events import Event
 from workers.registry import Handler, Registry
@@ -43,8 +43,10 @@ class Incoming:
 
     def __post_init__(self) -> None:
         source = self.event
-        self.created_at = source.created if source else peek_datetime(self._dict(), "created")
-        self.sent_at = source.sent if source else peek_datetime(self._dict(), "sent")
+        if self.created_at is None:
+            self.created_at = source.created if source else peek_datetime(self._dict(), "created")
+        if self.sent_at is None:
+            self.sent_at = source.sent if source else peek_datetime(self._dict(), "sent")
 
     @property
     def name(self) -> str:
@@ -56,6 +58,16 @@ class Incoming:
 
     def reject(self, error: str) -> None:
         self.status, self.error, self.event, self.handler = "rejected", error, None, None
+
+    def as_unstorable(self, error: str) -> Incoming:
+        """The same receipt as a minimal rejected row PostgreSQL can always take:
+        the name cut to 200 characters (an index row has a size limit), the body
+        kept as one JSON string with NUL and lone surrogates replaced."""
+        text = self.raw if self.raw is not None else dumps_exact(self.body)
+        text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+        body = {"name": self.name[:200], "unstorable_body": text}
+        return Incoming(self.receipt_id, self.source, self.received_at, self.key, body, "rejected", error[:2000],
+                        created_at=self.created_at, sent_at=self.sent_at)
 
 
 def classify(body: Any, registry: Registry) -> tuple[str, str | None, Event | None, Handler | None]:

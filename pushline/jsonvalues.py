@@ -17,12 +17,13 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-# A 3-digit exponent or 300 digits: the only spellings of a number that a float
-# may not hold (floats reach 1.8e308; 4300-digit ints fail). Only where a JSON
-# number can start (after `:`, `[` or `,`), so that ids such as "8e123..."
-# inside strings rarely send a body down the slow path; tried only where a
-# number starts, the scan stays linear on any body.
-_PATTERN = r"[:\[,]\s*-?(?:[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9.]{300})"
+# A 3-digit exponent or 17 digits: the spellings of a number that a float may
+# not hold exactly (floats reach 1.8e308 with 15-17 significant digits, so
+# 9007199254740993.0 would read as ...992 and not be the integer it equals;
+# 4300-digit ints fail). Only where a JSON number can start (after `:`, `[` or
+# `,`), so that ids such as "8e123..." inside strings rarely send a body down
+# the slow path; tried only where a number starts, the scan stays linear.
+_PATTERN = r"[:\[,]\s*-?(?:[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9.]{17})"
 _MAYBE_HUGE = re.compile(_PATTERN.encode())
 _MAYBE_HUGE_TEXT = re.compile(_PATTERN)
 

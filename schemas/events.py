@@ -86,15 +86,21 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     return [f"{path}: {messages}"]
 
 
-OUT_OF_RANGE = "Out of range: the instant must fall in years 1 to 9999 in UTC."
+OUT_OF_RANGE = ("Out of range: the instant must fall in years 1 to 9999 in UTC, with an offset"
+                " of whole seconds within ±15:59.")
+_MAX_OFFSET = dt.timedelta(hours=15, minutes=59, seconds=59)  # PostgreSQL's limit
 
 
 def in_utc_range(value: dt.datetime) -> bool:
-    """Whether this instant exists in UTC for Python (years 1-9999).
+    """Whether both Python and PostgreSQL can hold this instant.
 
     `0001-01-01T00:00:00+14:00` is a valid local time in year 1 but the last
     day of 1 BC in UTC: PostgreSQL stores it, Python cannot read it back.
+    Python also reads offsets PostgreSQL refuses (`+20:00`, `+05:45:30.5`).
     """
+    offset = value.utcoffset()
+    if offset is not None and (abs(offset) > _MAX_OFFSET or offset.microseconds):
+        return False
     try:
         value.astimezone(dt.UTC)
     except OverflowError:

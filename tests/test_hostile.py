@@ -884,6 +884,9 @@ DOC_WEBHOOK = (b'{"eventId": "6f0c2a4e-8d0b-4f0e-9a51-2c7de1f0b001", "eventType"
 
 
 # Not shrunk: while the edge refuses every webhook, each example fails alike (its body is noted).
+# CONTRACT 7 (today's webhooks) is not built yet: its own issue. Strict, so that
+# this turns into a failure to mend the day webhooks are accepted.
+@pytest.mark.xfail(strict=True, reason="webhooks (CONTRACT 7) are not accepted yet; their own issue")
 @hsettings(max_examples=examples(10), phases=(Phase.explicit, Phase.reuse, Phase.generate), **HYPO)
 @given(body=webhook_bodies())
 @example(body=Body(Obj(()), DOC_WEBHOOK))  # iAdvize's own example (webhooks-facts.md)

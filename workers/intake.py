@@ -62,12 +62,12 @@ class Incoming:
     def as_unstorable(self, error: str) -> Incoming:
         """The same receipt as a minimal rejected row PostgreSQL can always take:
         the name cut to 200 characters (an index row has a size limit), the body
-        kept as one JSON string with NUL and lone surrogates replaced."""
+        kept as one JSON string with NUL and lone surrogates replaced, no dates."""
         text = self.raw if self.raw is not None else dumps_exact(self.body)
         text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
         body = {"name": self.name[:200], "unstorable_body": text}
-        return Incoming(self.receipt_id, self.source, self.received_at, self.key, body, "rejected", error[:2000],
-                        created_at=self.created_at, sent_at=self.sent_at)
+        # Undated: the dates themselves may be what PostgreSQL refused.
+        return Incoming(self.receipt_id, self.source, self.received_at, self.key, body, "rejected", error[:2000])
 
 
 def classify(body: Any, registry: Registry) -> tuple[str, str | None, Event | None, Handler | None]:

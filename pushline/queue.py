@@ -25,11 +25,16 @@ from pushline.resp import RespConnection
 # Oldest items are at the right end of `incoming`.
 # Copies before it trims (a script that fails half way is not rolled back: a
 # failure may then duplicate, never lose), in chunks (Lua's unpack has a limit).
+# At maxmemory Redis refuses a script's write that may grow memory only when it
+# is the script's first write: each script below starts with one that cannot
+# (a ZREM of nothing), so that claims, leases and acks go on while Redis is full
+# and what they free makes room again.
 _CLAIM = """
 local n = tonumber(ARGV[1])
 if n < 1 then return {} end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items == 0 then return items end
+redis.call('ZREM', KEYS[3], '')
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 for i = 1, #items, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
@@ -100,8 +105,7 @@ return moved
 # changes nothing here (the database side made its writes no-ops).
 # KEYS: batch, leases, strikes, dead letters, dead-letter reasons
 # ARGV: batch id, forget strikes (0/1), then pairs of (dead item, reason).
-# Deletions come first: a Redis at maxmemory refuses a script's first write
-# only if it may grow memory, so the batch is removed before dead letters are parked.
+# Deletions come first (see _CLAIM on maxmemory).
 _ACK = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local items = {}
@@ -123,6 +127,7 @@ return 1
 # failing does not starve the others.
 # KEYS: batch, leases, sources...; ARGV: lease deadline, batch id. Returns {source index, item}.
 _CLAIM_ONE = """
+redis.call('ZREM', KEYS[2], '')
 for i = 3, #KEYS do
   local item = redis.call('LPOP', KEYS[i])
   if item then
@@ -132,6 +137,21 @@ for i = 3, #KEYS do
   end
 end
 return {}
+"""
+
+# Leases set or extended (ARGV[1] 'XX': only those that still exist); returns,
+# per id, 1 if set or changed. KEYS: leases; ARGV: mode, deadline, ids.
+_LEASE = """
+redis.call('ZREM', KEYS[1], '')
+local out = {}
+for i = 3, #ARGV do
+  if ARGV[1] == 'XX' then
+    out[#out + 1] = redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[2], ARGV[i])
+  else
+    out[#out + 1] = redis.call('ZADD', KEYS[1], 'CH', ARGV[2], ARGV[i])
+  end
+end
+return out
 """
 
 # The receipt time (envelope header) of the oldest item at either end of each
@@ -190,6 +210,7 @@ class EventQueue:
         self._ack = client.register_script(_ACK)
         self._claim_one = client.register_script(_CLAIM_ONE)
         self._oldest = client.register_script(_OLDEST)
+        self._lease = client.register_script(_LEASE)
         self._holding = client.register_script(_HOLDING)
 
     def push(self, item: bytes, high_water: int) -> int:
@@ -245,14 +266,14 @@ class EventQueue:
         if not items:
             if not block_seconds:
                 return None
-            self.redis.zadd(self.leases, {batch_id: self._deadline()})
+            self._lease(keys=[self.leases], args=["NEW", self._deadline(), batch_id])
             first = self.redis.blmove(self.incoming, key, block_seconds, "RIGHT", "LEFT")
             if first is None:
                 self.redis.zrem(self.leases, batch_id)
                 return None
             # Registered again: had we stalled past the lease before BLMOVE ran, a
             # sweep would have ended it, and the item would sit in a list nobody owns.
-            self.redis.zadd(self.leases, {batch_id: self._deadline()})
+            self._lease(keys=[self.leases], args=["NEW", self._deadline(), batch_id])
             items = [first, *self._claim(keys=[self.incoming, key, self.leases],
                                          args=[max_items - 1, self._deadline(), batch_id])]
         items = list(items)
@@ -267,11 +288,8 @@ class EventQueue:
         whose lease is gone (expired and reclaimed: the batch is no longer ours)."""
         if not batch_ids:
             return []
-        deadline = self._deadline()
-        pipe = self.redis.pipeline(transaction=False)
-        for batch_id in batch_ids:
-            pipe.zadd(self.leases, {batch_id: deadline}, xx=True, ch=True)
-        return [b for b, changed in zip(batch_ids, pipe.execute(), strict=True) if not changed]
+        changed = self._lease(keys=[self.leases], args=["XX", self._deadline(), *batch_ids])
+        return [b for b, c in zip(batch_ids, changed, strict=True) if not c]
 
     def ack(self, batch: Batch, suspect: bool = False, dead: list[tuple[bytes, str]] = ()) -> bool:
         """Remove a stored batch (parking its dead letters); False when the

@@ -123,16 +123,21 @@ def test_analyst_role_can_read_but_not_write(settings, db, rq):
     from workers.handlers import registry_with_handlers
 
     # Its own rows, stored by the real drain loop: the reads below must return them.
+    # Ids of its own: the shared pipeline's worker may store other tests' late events meanwhile.
+    me = 770_001
     db.cursor().execute("TRUNCATE operator_horizons")
     loop = DrainLoop(settings, registry_with_handlers(), name="analyst-seed")
-    enqueue(loop.queue, login(1, "2014-01-01 09:00:00"), logout(1, "2014-01-01 10:00:00"),
-            conversation("start", 1, "2014-01-01 09:10:00"), conversation("end", 1, "2014-01-01 09:20:00"))
+    enqueue(loop.queue, login(me, "2014-01-01 09:00:00"), logout(me, "2014-01-01 10:00:00"),
+            conversation("start", me, "2014-01-01 09:10:00", op=me),
+            conversation("end", me, "2014-01-01 09:20:00", op=me))
     drain(loop)
     loop.close()
-    reads = ("SELECT conversation_id, type, started_at, ended_at FROM conversations",
-             "SELECT operator_id, login_at, logout_at FROM operator_sessions",
-             "SELECT name, status FROM events ORDER BY name",
-             "SELECT operator_id, day, sessions, online_seconds, conversations FROM operator_daily")
+    reads = (f"SELECT conversation_id, type, started_at, ended_at FROM conversations WHERE conversation_id = {me}",
+             f"SELECT operator_id, login_at, logout_at FROM operator_sessions WHERE operator_id = {me}",
+             "SELECT name, status FROM events WHERE (payload->'parameters'->>'operator_id')::bigint"
+             f" = {me} ORDER BY name",
+             f"SELECT operator_id, day, sessions, online_seconds, conversations FROM operator_daily"
+             f" WHERE operator_id = {me}")
     before = [query(db, sql) for sql in reads]
     assert all(before) and len(before[2]) == 4
 

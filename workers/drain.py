@@ -129,6 +129,10 @@ class DrainLoop:
                 with contextlib.suppress(redis.RedisError):
                     self.stats.count("retries")
                 delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 6))
+                if isinstance(exc, redis.ResponseError) and "maxmemory" in str(exc):
+                    # Redis answers but is full (its blocking claim on an empty queue is
+                    # refused): look again soon, so that the spool drains once it has room.
+                    delay = 1.0
                 log.warning("transient failure, retrying in %.1fs: %s: %s", delay, type(exc).__name__, exc)
                 if isinstance(exc, psycopg2.Error):
                     self._drop_connection()

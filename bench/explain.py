@@ -78,7 +78,8 @@ def main() -> int:
         conn = psycopg2.connect(url)
         conn.autocommit = True
         out = ["# Indexes, justified by EXPLAIN", "",
-               f"`python -m bench.explain` fills a throwaway database with {n:,} events (over a year of monthly partitions, plus events_before and events_after),",
+               f"`python -m bench.explain` fills a throwaway database with {n:,} events (a year of monthly",
+               "partitions beside events_before and events_after),",
                f"{n // 4:,} conversations and sessions and {n // 2:,} operator events, then runs `EXPLAIN (ANALYZE)`",
                "on each query the workers, `replay`, retention, the status page and analysts depend on.", ""]
         with conn.cursor() as cur:

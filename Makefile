@@ -18,14 +18,14 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $(BENCH_STAMP)
 
-.PHONY: help venv run test test-fast web worker migrate stats bench explain lint clean
+.PHONY: help venv run test test-fast web worker beat migrate stats bench explain lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv and install requirements.txt
 
-run: $(STAMP) ## everything on this machine: embedded PostgreSQL/Redis if URLs unset, web on :8000, one worker
+run: $(STAMP) ## everything on this machine: embedded PostgreSQL/Redis if URLs unset, web on :8000, one worker, beat
 	$(PY) -m pushline.cli run
 
 test: $(STAMP) ## the whole suite against real PostgreSQL and Redis (embedded if URLs unset)
@@ -39,6 +39,9 @@ web: $(STAMP) ## the web tier alone (needs PUSH_TOKENS, REDIS_URL, DATABASE_URL)
 
 worker: $(STAMP) ## one worker (several may run on one machine; each gets its own node name)
 	$(PY) -m pushline.cli worker
+
+beat: $(STAMP) ## Celery beat, the housekeeping's clock (run exactly one per deployment)
+	$(PY) -m pushline.cli beat
 
 migrate: $(STAMP) ## apply database migrations (idempotent; needs DATABASE_URL)
 	$(PY) -m pushline.cli migrate

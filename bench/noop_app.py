@@ -1,4 +1,5 @@
-"""The reference for the ack path: a Flask POST that does nothing, under the same gunicorn."""
+"""The reference for the ack path: a Flask POST that does nothing (served with
+bench/reference_gunicorn.py)."""
 
 import uuid
 

@@ -2,13 +2,14 @@
 
   migrate   apply database migrations (idempotent)
   web       run the web tier (gunicorn) with settings from the environment
-  worker    run one Celery worker with its own node name
+  worker    run one Celery worker (a prefork pool, -c N) with its own node name
+  beat      run Celery beat, the housekeeping's clock (exactly one per deployment)
   run       everything on one machine, with embedded servers if needed
   stats     queue depth, oldest pending age, dead letters, workers' progress, event counts
   health    exit 1 when events wait and this host's workers made no progress (for supervisors)
   replay    process rejected/unhandled events again (or a time range; --rebuild: everything;
-            --dead-letters: put parked items back on the queue)
-  prune     delete events created before a date (derived tables keep their rows)
+            --dead-letters: put parked items back on the queue; --enqueue: as a task)
+  prune     delete events created before a date (derived tables keep their rows; --enqueue: as a task)
 """
 
 from __future__ import annotations
@@ -84,30 +85,43 @@ def cmd_web(args) -> int:
 def cmd_worker(args) -> int:
     settings = _settings("REDIS_URL", "DATABASE_URL")
     name = args.name or f"pushline-{os.getpid()}@{socket.gethostname()}"
-    argv = [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "--pool", "solo", "-n", name,
+    concurrency = args.concurrency or settings.worker_concurrency
+    pool = args.pool or settings.worker_pool
+    argv = [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "--pool", pool, "-n", name,
             "--without-mingle", "--without-gossip", "--loglevel", settings.log_level]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    _export(settings)
     _exec(argv)
+
+
+def cmd_beat(args) -> int:
+    settings = _settings("REDIS_URL", "DATABASE_URL")
+    schedule = args.schedule or str(_var_dir() / "celerybeat-schedule")
+    argv = [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--schedule", schedule,
+            "--loglevel", settings.log_level]
+    _export(settings)
+    _exec(argv)
+
+
+def _var_dir() -> Path:
+    from pushline import devstack
+
+    path = devstack.var_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _export(settings: Settings) -> None:
+    """The URLs found for embedded servers, for the process about to replace this one."""
+    os.environ["DATABASE_URL"] = settings.database_url
+    os.environ["REDIS_URL"] = settings.redis_url
 
 
 def cmd_run(args) -> int:
     from pushline.devstack import run
 
     return run()
-
-
-def _when(text: str, settings: Settings):
-    """A date or datetime on the command line; naive ones are in PUSH_TIMEZONE."""
-    import datetime as dt
-
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date or ISO datetime: {text!r}") from None
-    if value.tzinfo:
-        return value
-    from schemas.fields import localize  # the events' own rule for local times at a clock change
-
-    return localize(value, settings.tzinfo)
 
 
 def _queue(settings: Settings):
@@ -117,47 +131,61 @@ def _queue(settings: Settings):
     return EventQueue(redis_client.client(settings.redis_url, "tool"), settings.queue_prefix, settings.lease_seconds)
 
 
-def cmd_replay(args) -> int:
-    from pushline.db import TOOL, connect
-    from workers.handlers import registry_with_handlers
-    from workers.replay import Selection, rebuild, replay
+def _enqueue(settings: Settings, task: str, kwargs: dict) -> int:
+    from pushline.celery_client import send
 
+    task_id = send(settings, task, kwargs)
+    print(json.dumps({"enqueued": task, "task_id": task_id, "kwargs": kwargs}))
+    return 0
+
+
+def _in_place(argv: list[str]) -> None:
+    """Run the maintenance module in place of this process (it is the workers' code)."""
+    _exec([sys.executable, "-m", "workers.maintenance", *argv])
+
+
+def _when_text(text: str | None, settings: Settings) -> str | None:
+    """Checked here so that a typo fails before anything is sent; the worker reads
+    naive times in PUSH_TIMEZONE."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        print(f"pushline: not a date or ISO datetime: {text!r}", file=sys.stderr)
+        sys.exit(2)
+    return text
+
+
+def cmd_replay(args) -> int:
     if args.dead_letters:
         moved = _queue(_settings("REDIS_URL")).requeue_dead_letters()
         print(json.dumps({"dead_letters_requeued": moved}))
         return 0
-    settings = _settings("DATABASE_URL")
-    conn = connect(settings.database_url, "pushline-replay", TOOL)
-    try:
-        if args.rebuild:
-            counts = rebuild(conn, registry_with_handlers(), settings.tzinfo)
-        else:
-            statuses = None if args.all_statuses else tuple(args.status.split(","))
-            selection = Selection(
-                statuses=statuses,
-                names=tuple(args.name) if args.name else None,
-                since=_when(args.since, settings) if args.since else None,
-                until=_when(args.until, settings) if args.until else None,
-            )
-            counts = replay(conn, registry_with_handlers(), settings.tzinfo, selection)
-    finally:
-        conn.close()
-    print(json.dumps({"replayed": sum(counts.values()), "transitions": dict(sorted(counts.items()))}, indent=2))
-    return 0
+    if args.enqueue:
+        settings = _settings("REDIS_URL")
+        return _enqueue(settings, "pushline.replay", {
+            "statuses": None if args.all_statuses else args.status.split(","), "names": args.name,
+            "since": _when_text(args.since, settings), "until": _when_text(args.until, settings),
+            "rebuild": args.rebuild})
+    _export(_settings("DATABASE_URL"))
+    argv = ["replay", "--status", args.status]
+    argv += ["--all-statuses"] if args.all_statuses else []
+    argv += [f"--name={n}" for n in args.name or []]
+    argv += [f"--since={args.since}"] if args.since else []
+    argv += [f"--until={args.until}"] if args.until else []
+    argv += ["--rebuild"] if args.rebuild else []
+    _in_place(argv)
 
 
 def cmd_prune(args) -> int:
-    from pushline.db import TOOL, connect
-    from workers.replay import prune
-
-    settings = _settings("DATABASE_URL")
-    conn = connect(settings.database_url, "pushline-prune", TOOL)
-    try:
-        deleted = prune(conn, _when(args.before, settings))
-    finally:
-        conn.close()
-    print(json.dumps({"deleted_events": deleted}))
-    return 0
+    if args.enqueue:
+        settings = _settings("REDIS_URL")
+        return _enqueue(settings, "pushline.prune", {"before": _when_text(args.before, settings)})
+    _export(_settings("DATABASE_URL"))
+    _in_place(["prune", f"--before={args.before}"])
 
 
 def cmd_stats(args) -> int:
@@ -232,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="run one worker")
     worker.add_argument("--name", help="Celery node name (default pushline-<pid>@<host>)")
+    worker.add_argument("-c", "--concurrency", type=int,
+                        help="pool processes (default: PUSHLINE_WORKER_CONCURRENCY, else one per CPU)")
+    worker.add_argument("-P", "--pool", choices=("prefork", "threads"),
+                        help="Celery pool (default: PUSHLINE_WORKER_POOL, else prefork)")
     worker.set_defaults(func=cmd_worker)
+    beat = sub.add_parser("beat", help="run Celery beat (the housekeeping schedule; run exactly one)")
+    beat.add_argument("--schedule", help="beat's schedule file (default var/celerybeat-schedule)")
+    beat.set_defaults(func=cmd_beat)
     sub.add_parser("run", help="run everything locally").set_defaults(func=cmd_run)
     sub.add_parser("stats", help="queue and event statistics").set_defaults(func=cmd_stats)
     health = sub.add_parser("health", help="exit 1 when events wait and the worker(s) made no progress")
@@ -249,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="put the parked dead letters back on the queue (after a fix)")
     replay.add_argument("--rebuild", action="store_true",
                         help="empty conversations and operator_sessions and rebuild them from all events")
+    replay.add_argument("--enqueue", action="store_true", help="send it to the workers as a task instead")
     replay.set_defaults(func=cmd_replay)
     prune = sub.add_parser("prune", help="retention: delete events created before a date")
     prune.add_argument("--before", required=True, help="date or ISO datetime")
+    prune.add_argument("--enqueue", action="store_true", help="send it to the workers as a task instead")
     prune.set_defaults(func=cmd_prune)
     args = parser.parse_args(argv)
     return args.func(args)

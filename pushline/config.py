@@ -28,6 +28,9 @@ DEFAULTS = {
     "PUSHLINE_BATCH_WAIT_MS": "20",
     "PUSHLINE_LEASE_SECONDS": "60",
     "PUSHLINE_WORKER_STALL_SECONDS": "120",
+    "PUSHLINE_WORKER_CONCURRENCY": "0",  # 0: one pool process per CPU (Celery's default)
+    "PUSHLINE_WORKER_POOL": "prefork",  # or threads
+    "PUSHLINE_RETENTION_DAYS": "0",  # 0: off; beat's retention task then deletes nothing
     "LOG_LEVEL": "INFO",
 }
 
@@ -94,6 +97,9 @@ class Settings:
     lease_seconds: int
     log_level: str
     worker_stall_seconds: int = 120
+    worker_concurrency: int = 0
+    worker_pool: str = "prefork"
+    retention_days: int = 0
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -120,6 +126,10 @@ class Settings:
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"PUSH_TIMEZONE {tz!r} is not an IANA time zone name") from None
 
+        pool = merged["PUSHLINE_WORKER_POOL"].strip().lower() or "prefork"
+        if pool not in ("prefork", "threads"):
+            raise ConfigError(f"PUSHLINE_WORKER_POOL must be prefork or threads, not {pool!r}")
+
         return cls(
             database_url=merged["DATABASE_URL"].strip(),
             redis_url=merged["REDIS_URL"].strip(),
@@ -136,6 +146,9 @@ class Settings:
             lease_seconds=integer("PUSHLINE_LEASE_SECONDS", minimum=5),
             log_level=merged["LOG_LEVEL"].strip().upper() or "INFO",
             worker_stall_seconds=integer("PUSHLINE_WORKER_STALL_SECONDS", minimum=5),
+            worker_concurrency=integer("PUSHLINE_WORKER_CONCURRENCY", minimum=0, maximum=256),
+            retention_days=integer("PUSHLINE_RETENTION_DAYS", minimum=0),
+            worker_pool=pool,
         )
 
     @classmethod

@@ -264,7 +264,7 @@ def dev_token() -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """`make run`: embedded servers if needed, migrations, gunicorn and one worker."""
+    """`make run`: embedded servers if needed, migrations, gunicorn, one worker and beat."""
     from pushline.config import ConfigError, Settings
     from pushline.db import migrate
 
@@ -292,7 +292,11 @@ def run(argv: list[str] | None = None) -> int:
         py = sys.executable
         bind = f"127.0.0.1:{settings.port}"
         children.append(spawn("web", [py, "-m", "pushline.cli", "web", "--bind", bind], env=env))
-        children.append(spawn("worker", [py, "-m", "pushline.cli", "worker"], env=env))
+        commands = {"web": [py, "-m", "pushline.cli", "web", "--bind", bind],
+                    "worker": [py, "-m", "pushline.cli", "worker"],
+                    "beat": [py, "-m", "pushline.cli", "beat"]}
+        children.append(spawn("worker", commands["worker"], env=env))
+        children.append(spawn("beat", commands["beat"], env=env))
         wait_until(lambda: port_open(settings.port) or stopping or children[0].proc.poll() is not None, 60, "web tier")
         token = settings.tokens[0].secret
         print("", flush=True)
@@ -305,20 +309,20 @@ def run(argv: list[str] | None = None) -> int:
                 if child.proc.poll() is None:
                     continue
                 # A worker that cannot go on exits on purpose (its log says why):
-                # restart it, as any supervisor would, unless it keeps dying.
+                # restart it (or beat), as any supervisor would, unless it keeps dying.
                 recent = [t for t in restarts if time.monotonic() - t < 60]
-                if child.name == "worker" and len(recent) < 5:
-                    print(f"pushline: worker exited with {child.proc.returncode}; restarting it", file=sys.stderr,
-                          flush=True)
+                if child.name in ("worker", "beat") and len(recent) < 5:
+                    print(f"pushline: {child.name} exited with {child.proc.returncode}; restarting it",
+                          file=sys.stderr, flush=True)
                     restarts[:] = [*recent, time.monotonic()]
-                    children[index] = spawn("worker", [py, "-m", "pushline.cli", "worker"], env=env)
+                    children[index] = spawn(child.name, commands[child.name], env=env)
                     continue
                 print(f"pushline: {child.name} exited with {child.proc.returncode}; stopping", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         return 0
     finally:
-        # Web first (no new 202s), then the worker (finishes its batch), then the servers.
+        # Web first (no new 202s), then the worker (finishes its batch), beat, then the servers.
         for child in children:
             child.stop(timeout=60)
         emb.stop()

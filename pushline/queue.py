@@ -57,7 +57,7 @@ return out
 """
 
 # The items of a batch whose lease ends, by expiry or by release:
-# KEYS: incoming, leases, suspect, struck, strikes
+# KEYS: incoming, leases, suspect, struck, strikes, started
 # ARGV: batch key prefix, strike limit (0: no strike; then ARGV[3] says where:
 # 'queue' for the consumer end of `incoming`, 'suspect'), the highest lease
 # deadline to end (a lease extended since it was read as expired is kept), batch ids.
@@ -78,12 +78,17 @@ for i = 5, #ARGV do
   local deadline = redis.call('ZSCORE', KEYS[2], id)
   if deadline and tonumber(deadline) <= highest then
     redis.call('ZREM', KEYS[2], id)
+    -- A batch no task ever started (its Celery message was lost, or its worker died
+    -- before it began) cannot have harmed anyone: back to the queue, no strike.
+    local started = redis.call('HDEL', KEYS[6], id) == 1
+    local batch_limit, batch_target = limit, target
+    if not started and limit > 0 then batch_limit, batch_target = 0, KEYS[1] end
     while true do
       local item = redis.call('LPOP', key)
       if not item then break end
       moved = moved + 1
-      if limit == 0 then
-        redis.call('RPUSH', target, item)
+      if batch_limit == 0 then
+        redis.call('RPUSH', batch_target, item)
       else
         local receipt = string.match(item, '^[^\t]*')
         if redis.call('HINCRBY', KEYS[5], receipt, 1) >= limit then
@@ -103,7 +108,7 @@ return moved
 # Acknowledge a stored batch, only while its lease is ours: a worker that
 # stalled past its lease finds its items already given to another worker, and
 # changes nothing here (the database side made its writes no-ops).
-# KEYS: batch, leases, strikes, dead letters, dead-letter reasons
+# KEYS: batch, leases, strikes, dead letters, dead-letter reasons, started
 # ARGV: batch id, forget strikes (0/1), then pairs of (dead item, reason).
 # Deletions come first (see _CLAIM on maxmemory).
 _ACK = """
@@ -112,6 +117,7 @@ local items = {}
 if ARGV[2] == '1' then items = redis.call('LRANGE', KEYS[1], 0, -1) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 for _, item in ipairs(items) do
   redis.call('HDEL', KEYS[3], string.match(item, '^[^\t]*'))
 end
@@ -137,6 +143,22 @@ for i = 3, #KEYS do
   end
 end
 return {}
+"""
+
+# A task begins work on a claimed batch: only while its lease is still ours,
+# which it extends, and only one task (a retry keeps its task's id): a
+# duplicated message finds another owner and leaves the batch alone. The
+# owner marks the batch started (see _END_LEASES).
+# KEYS: leases, started; ARGV: deadline, batch id, owner (the task's id).
+# Returns 1, or 0 when the lease is gone or another task has the batch.
+_START = """
+redis.call('ZREM', KEYS[1], '')
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if owner and owner ~= ARGV[3] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
 """
 
 # Leases set or extended (ARGV[1] 'XX': only those that still exist); returns,
@@ -204,6 +226,7 @@ class EventQueue:
         # counted in stats, /metrics and /status, brought back by `replay --dead-letters`.
         self.dead_letters = f"{prefix}:dead-letters"
         self.dead_reasons = f"{prefix}:dead-letter-reasons"
+        self.started = f"{prefix}:started"  # batch ids a task has begun to work on
         self._over_high_water = False
         self._claim = client.register_script(_CLAIM)
         self._end_leases = client.register_script(_END_LEASES)
@@ -212,6 +235,7 @@ class EventQueue:
         self._oldest = client.register_script(_OLDEST)
         self._lease = client.register_script(_LEASE)
         self._holding = client.register_script(_HOLDING)
+        self._start = client.register_script(_START)
 
     def push(self, item: bytes, high_water: int) -> int:
         """Queue one envelope; returns the new depth, or -1 at or above high water.
@@ -283,12 +307,30 @@ class EventQueue:
                                  args=[max_items - len(items), self._deadline(), batch_id])
         return Batch(batch_id, items)
 
-    def extend(self, batch_ids: list[str]) -> list[str]:
-        """Keep leases alive while their batches are worked on; returns the ids
-        whose lease is gone (expired and reclaimed: the batch is no longer ours)."""
+    def start(self, batch_id: str, owner: str = "in place") -> bool:
+        """Begin work on a claimed batch as `owner`: False when its lease is gone
+        (it was reclaimed, or already stored) or another owner began it (a
+        duplicated task message), in which case leave it."""
+        return bool(self._start(keys=[self.leases, self.started], args=[self._deadline(), batch_id, owner]))
+
+    def items(self, batch_id: str) -> list[bytes]:
+        """The items of a claimed batch, as a task reads them from its id."""
+        return self.redis.lrange(self.batch_prefix + batch_id, 0, -1)
+
+    def holding(self, batch_ids: list[str]) -> dict[str, float]:
+        """Lease deadlines of those batches that are still leased (not yet acked or reclaimed)."""
+        if not batch_ids:
+            return {}
+        scores = self.redis.execute_command("ZMSCORE", self.leases, *batch_ids)
+        return {b: float(s) for b, s in zip(batch_ids, scores, strict=True) if s is not None}
+
+    def extend(self, batch_ids: list[str], extra_seconds: float = 0) -> list[str]:
+        """Keep leases alive while their batches are worked on (or wait for a
+        retry, `extra_seconds` longer); returns the ids whose lease is gone
+        (expired and reclaimed: the batch is no longer ours)."""
         if not batch_ids:
             return []
-        changed = self._lease(keys=[self.leases], args=["XX", self._deadline(), *batch_ids])
+        changed = self._lease(keys=[self.leases], args=["XX", self._deadline() + extra_seconds, *batch_ids])
         return [b for b, c in zip(batch_ids, changed, strict=True) if not c]
 
     def ack(self, batch: Batch, suspect: bool = False, dead: list[tuple[bytes, str]] = ()) -> bool:
@@ -297,7 +339,8 @@ class EventQueue:
         args = [batch.id, "1" if suspect else "0"]
         for item, reason in dead:
             args += [item, reason]
-        keys = [self.batch_prefix + batch.id, self.leases, self.strikes, self.dead_letters, self.dead_reasons]
+        keys = [self.batch_prefix + batch.id, self.leases, self.strikes, self.dead_letters, self.dead_reasons,
+                self.started]
         return bool(self._ack(keys=keys, args=args))
 
     def release(self, batch: Batch, strike: bool = False, suspect: bool = False) -> int:
@@ -315,7 +358,7 @@ class EventQueue:
         return self._end(expired, STRIKE_LIMIT, "suspect", now) if expired else 0
 
     def _end(self, batch_ids: list[str], strike_limit: int, target: str, highest: float) -> int:
-        keys = [self.incoming, self.leases, self.suspect, self.struck, self.strikes]
+        keys = [self.incoming, self.leases, self.suspect, self.struck, self.strikes, self.started]
         bound = "1e300" if highest == float("inf") else repr(highest)
         return int(self._end_leases(keys=keys, args=[self.batch_prefix, strike_limit, target, bound, *batch_ids]))
 

@@ -200,7 +200,7 @@ def start_worker(settings: Settings, tmp_path: Path, name: str = "w1", **extra_e
     env = settings_env(settings, **extra_env)
     proc = Proc([sys.executable, "-m", "pushline.cli", "worker", "--name", f"{name}-{RUN_ID}@test"], env,
                 tmp_path / f"worker-{name}.log")
-    wait_for(lambda: "drain loop started" in proc.output() or proc.popen.poll() is not None,
+    wait_for(lambda: "dispatcher started" in proc.output() or proc.popen.poll() is not None,
              timeout=30, what="the worker to start")
     assert proc.popen.poll() is None, proc.output()
     return proc

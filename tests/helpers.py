@@ -36,7 +36,7 @@ def enqueue(queue: EventQueue, *bodies, source: str = "default") -> list[str]:
 
 
 def drain(loop) -> int:
-    """Run the real drain loop until the queue is empty; returns items handled."""
+    """Run the real consumer until the queue is empty; returns items handled."""
     total = 0
     while handled := loop.step(block_seconds=0):
         total += handled

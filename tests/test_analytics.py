@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT, query
 from tests.helpers import conversation, drain, enqueue, login, logout
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 D1, D2 = dt.date(2014, 1, 1), dt.date(2014, 1, 2)
@@ -30,7 +30,7 @@ KNOWN = [
 
 @pytest.fixture
 def known(settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="analytics")
+    loop = Consumer(settings, registry_with_handlers(), name="analytics")
     enqueue(loop.queue, *KNOWN)
     drain(loop)
     loop.close()
@@ -80,7 +80,7 @@ def test_conversation_concurrency_counts_overlapping_minutes(known):
 
 
 def test_a_session_ending_at_midnight_adds_no_empty_day(settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="midnight")
+    loop = Consumer(settings, registry_with_handlers(), name="midnight")
     enqueue(loop.queue, login(7, "2014-01-01 23:00:00"), logout(7, "2014-01-02 00:00:00"))
     drain(loop)
     loop.close()

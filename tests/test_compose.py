@@ -96,8 +96,8 @@ def test_compose_config_passes():
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_has_the_six_services_and_the_two_volumes(compose, services):
-    assert {"postgres", "redis", "migrate", "web", "worker", "flower"} <= set(services)
+def test_compose_has_the_seven_services_and_the_two_volumes(compose, services):
+    assert {"postgres", "redis", "migrate", "web", "worker", "beat", "flower"} <= set(services)
     assert {"pgdata", "redisdata"} <= set(compose.get("volumes") or {})
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "redisdata:/data" in services["redis"]["volumes"]
@@ -185,3 +185,19 @@ def test_a_worker_that_exits_is_started_again_and_reports_its_health(services):
     assert worker.get("restart") in ("always", "unless-stopped", "on-failure") or str(
         worker.get("restart", "")).startswith("on-failure:")
     assert healthcheck(worker)[1:] == [*PUSHLINE, "health"]
+
+
+def test_exactly_one_beat_runs_the_housekeeping(services):
+    beat = services["beat"]
+    assert command(beat)[:4] == [*PUSHLINE, "beat"]
+    # Two beats would send every duty twice: nothing may scale it or run a second one.
+    assert [name for name, s in services.items() if "beat" in command(s)] == ["beat"]
+    assert "deploy" not in beat or beat["deploy"].get("replicas", 1) == 1
+    assert beat.get("restart") in ("always", "unless-stopped")
+    assert beat["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert beat["depends_on"]["redis"]["condition"] == "service_healthy"
+    # Its schedule file lives where the container can write.
+    schedule = command(beat)[command(beat).index("--schedule") + 1]
+    assert schedule.startswith("/tmp/")
+    recipe = re.search(r"^beat:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe and "-m pushline.cli beat" in recipe.group(1)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from schemas.fields import localize, parse_push_datetime, push_timezone
 from tests.conftest import examples, make_settings, query
 from tests.helpers import drain, enqueue, login, logout
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -276,7 +276,7 @@ def test_localize_follows_the_rule_and_keeps_utc_cheap():
 def test_worker_stores_ambiguous_times_as_postgresql_reads_them(settings, paris, rq):
     """A login at 02:30 on the autumn day is the second 02:30, as in SQL: 40 minutes to 03:10, not 100."""
     tz_settings = make_settings(settings.database_url, settings.redis_url, PUSH_TIMEZONE="Europe/Paris")
-    loop = DrainLoop(tz_settings, registry_with_handlers(), name="dst")
+    loop = Consumer(tz_settings, registry_with_handlers(), name="dst")
     enqueue(loop.queue, login(1, "2025-10-26 02:30:00"), logout(1, "2025-10-26 03:10:00"))
     drain(loop)
     loop.close()

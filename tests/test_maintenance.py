@@ -17,7 +17,7 @@ from tests import oracle
 from tests.conftest import ROOT, make_settings, query, settings_env
 from tests.helpers import conversation, drain, enqueue, login, logout
 from tests.test_concurrency import hammer_events
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import conversations as conversation_handler
 from workers.handlers import registry_with_handlers
 from workers.registry import Registry
@@ -49,7 +49,7 @@ def cli(settings, *args: str, **env: str) -> dict:
 
 
 def store_with(settings, registry, *bodies):
-    loop = DrainLoop(settings, registry, name="maint")
+    loop = Consumer(settings, registry, name="maint")
     enqueue(loop.queue, *bodies)
     drain(loop)
     loop.close()
@@ -120,7 +120,7 @@ def test_prune_deletes_old_events_and_leaves_derived_rows(settings, db, rq):
 def test_stats_reports_queue_and_counts(settings, db, rq):
     store_with(settings, registry_with_handlers(), login(1, "2014-01-01 09:00:00"),
                conversation("start", 2, "2014-01-01 09:00:00", type_="fax"))
-    loop = DrainLoop(settings, registry_with_handlers(), name="stats")
+    loop = Consumer(settings, registry_with_handlers(), name="stats")
     enqueue(loop.queue, login(3, "2014-01-01 09:00:00"))  # left pending
     report = cli(settings, "stats")
     assert report["queue_depth"] == 1
@@ -301,7 +301,7 @@ def undated(op: int) -> dict:
 
 def store_received_at(settings, received: dt.datetime, *bodies) -> None:
     """Like store_with, but pushed (received) at a given time."""
-    loop = DrainLoop(settings, registry_with_handlers(), name="maint")
+    loop = Consumer(settings, registry_with_handlers(), name="maint")
     for body in bodies:
         loop.queue.push(Envelope(uuid.uuid4().hex, "default", received.timestamp(), json.dumps(body).encode())
                         .encode(), high_water=10**9)

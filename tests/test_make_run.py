@@ -42,6 +42,17 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def args(pid: int) -> list[bytes]:
+    return cmdline(pid).split(b"\0")
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -86,9 +97,17 @@ def test_make_run_serves_a_push_and_ctrl_c_leaves_no_process(tmp_path):
         report = json.loads(stats.stdout[stats.stdout.index("{"):])
         assert report["events"] == [{"name": "operator.login", "status": "processed", "events": 1}]
 
+        # One Celery worker (its main process; pool processes are its children) and one beat.
+        celery = [p for p in descendants(make.pid) if b"workers.celery_app" in args(p) and alive(p)]
+        [worker] = [p for p in celery if b"worker" in args(p) and parent(p) not in celery]
+        [beat] = [p for p in celery if b"beat" in args(p)]
+        pool = [p for p in celery if parent(p) == worker]
+        assert len(pool) == os.cpu_count()  # prefork, one process per CPU by default
+        text = out.read_text()
+        # The banner tells the truth about the pool; beat is sending the housekeeping.
+        assert f"concurrency: {os.cpu_count()} (prefork)" in text and "(solo)" not in text
+        wait_for(lambda: "pushline.sweep_leases" in out.read_text(), timeout=30, what="beat to send a sweep")
         # A worker that exits (as it does when it cannot go on) is started again.
-        [worker] = [p for p in descendants(make.pid) if b"workers.celery_app" in cmdline(p)
-                    and b"worker" in cmdline(p) and alive(p)]
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: "worker exited with -9; restarting it" in out.read_text(), timeout=30,
                  what="make run to restart the worker")
@@ -96,7 +115,8 @@ def test_make_run_serves_a_push_and_ctrl_c_leaves_no_process(tmp_path):
         wait_for(lambda: len(stored()) == 2, timeout=60, what="the restarted worker to store an event")
         assert "Pushline is running" in out.read_text() and "setval" not in out.read_text().split("Pushline")[0]
         started = descendants(make.pid)
-        assert len(started) >= 4  # supervisor, postgres, redis, gunicorn, worker (and their children)
+        assert len(started) >= 6  # supervisor, postgres, redis, gunicorn, worker, beat (and their children)
+        assert beat in started
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         make.wait(timeout=120)
         wait_for(lambda: not any(alive(pid) for pid in started), timeout=30, what="every process to exit")

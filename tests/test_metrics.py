@@ -12,7 +12,7 @@ from tests.conftest import ROOT, TOKEN, wait_for
 from tests.helpers import conversation, drain, enqueue, login
 from tests.test_http import LOGIN
 from web import create_app
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 
@@ -66,7 +66,7 @@ def test_enqueue_latency_histogram_and_queue_depth(client, settings, rq):
 
 
 def test_worker_figures_by_name_and_status_and_lag(client, settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="metrics-worker")
+    loop = Consumer(settings, registry_with_handlers(), name="metrics-worker")
     _, before = scrape(client)
     enqueue(loop.queue, login(1, "2014-01-01 09:00:00"), login(1, "2014-01-01 09:00:00"),
             conversation("start", 1, "2014-01-01 09:00:00", type_="fax"), {"name": "x.y"})

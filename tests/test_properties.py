@@ -20,7 +20,7 @@ from tests import http_client as http
 from tests import oracle
 from tests.conftest import RUN_ID, TOKEN, examples, make_settings, query, start_web, start_worker, wait_for
 from tests.helpers import conversation, drain, enqueue, login, logout
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 TYPES = ("chat", "call", "video")
@@ -77,7 +77,7 @@ def test_in_process_any_order_and_batching_equals_the_oracle(settings, db, rq, b
     candidate, but not two of them for one set)."""
     firsts = oracle.distinct(bodies)  # each event's first copy, in order of arrival
     rest = [b for b in bodies if not any(b is f for f in firsts)]
-    loop = DrainLoop(settings, registry_with_handlers(), name="prop")
+    loop = Consumer(settings, registry_with_handlers(), name="prop")
     tables = []
     try:
         for stream in (bodies, firsts[::-1] + rest[::-1]):

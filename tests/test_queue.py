@@ -37,6 +37,7 @@ def test_an_expired_lease_sends_its_items_to_the_suspects_with_a_strike(queue):
     for i in range(3):
         queue.push(b"r%d\tdefault\t1.0\n{}" % i, high_water=100)
     batch = queue.claim(2)
+    assert queue.start(batch.id)  # a task began work on it
     assert queue.reclaim(now=time.time()) == 0  # not expired yet
     assert queue.reclaim(now=time.time() + 31) == 2  # its worker died holding it
     assert queue.claimed() == 0 and queue.depth() == 1
@@ -50,13 +51,27 @@ def test_an_expired_lease_sends_its_items_to_the_suspects_with_a_strike(queue):
 
 def test_an_event_that_outlives_three_workers_is_struck_out(queue):
     queue.push(b"r9\tdefault\t1.0\n{}", high_water=100)
-    assert queue.claim(1) is not None
+    batch = queue.claim(1)
+    assert queue.start(batch.id)
     for strike in range(1, STRIKE_LIMIT + 1):
         assert queue.reclaim(now=time.time() + 31) == 1
         if strike < STRIKE_LIMIT:
-            assert queue.claim_one(queue.suspect) is not None
+            _, batch = queue.claim_one(queue.suspect)
+            assert queue.start(batch.id)
     assert queue.redis.lrange(queue.struck, 0, -1) == [b"r9\tdefault\t1.0\n{}"]
     assert queue.redis.llen(queue.suspect) == 0 and queue.redis.hlen(queue.strikes) == 0
+
+
+def test_a_batch_no_task_began_goes_back_to_the_queue_without_a_strike(queue):
+    """Its task message was lost (or its worker died before starting it): nobody was harmed."""
+    for i in range(3):
+        queue.push(b"n%d\tdefault\t1.0\n{}" % i, high_water=100)
+    batch = queue.claim(2)
+    assert queue.reclaim(now=time.time() + 31) == 2
+    assert queue.depth() == 3 and queue.claimed() == 0
+    assert queue.redis.llen(queue.suspect) == 0 and queue.redis.hlen(queue.strikes) == 0
+    assert not queue.start(batch.id)  # its task, arriving late, finds the lease gone
+    assert sorted(queue.redis.lrange(queue.incoming, -2, -1)) == sorted(batch.items)  # oldest end again
 
 
 def test_release_gives_a_batch_back_at_once_without_a_strike(queue):
@@ -145,3 +160,15 @@ def test_high_water_refuses_once_reached(queue):
     assert queue.push(b"3", high_water=2) == -1
     queue.claim(1)
     assert queue.push(b"3", high_water=2) == 2
+
+
+def test_only_one_task_begins_a_batch_and_its_retry_may_begin_it_again(queue):
+    """A duplicated Celery message carries another task id: it leaves the batch to the first."""
+    queue.push(b"d1\tdefault\t1.0\n{}", high_water=100)
+    batch = queue.claim(10)
+    assert queue.start(batch.id, "task-a")
+    assert not queue.start(batch.id, "task-b")  # the duplicate
+    assert queue.start(batch.id, "task-a")  # task-a retried after a transient failure
+    assert queue.ack(batch)
+    assert not queue.start(batch.id, "task-a")  # stored: nothing left to begin
+    assert queue.redis.hlen(queue.started) == 0 and queue.claimed() == 0

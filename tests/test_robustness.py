@@ -24,7 +24,7 @@ from pushline.workerstats import WorkerStats
 from tests.conftest import ROOT, TOKEN, make_settings, query, settings_env
 from tests.helpers import conversation, drain, enqueue, login, logout
 from web import create_app
-from workers.drain import DrainLoop, Heartbeat
+from workers.consumer import Consumer, LeaseKeeper
 from workers.handlers import registry_with_handlers
 from workers.registry import Registry
 
@@ -40,7 +40,7 @@ def registry_with(name: str, apply) -> Registry:
 
 @pytest.fixture
 def loop(settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="robust")
+    loop = Consumer(settings, registry_with_handlers(), name="robust")
     yield loop
     loop.close()
 
@@ -213,17 +213,15 @@ def test_what_cannot_be_stored_as_sent_is_kept_minimal_or_dead_lettered_and_the_
 def test_a_handler_that_hangs_past_the_statement_timeout_sends_its_batch_to_the_suspects(settings, db, rq):
     """A batch whose statement times out is retried one item at a time, with strikes: the queue goes on."""
     registry = registry_with("conversation.end", lambda cur, events: cur.execute("SELECT pg_sleep(3)"))
-    loop = DrainLoop(settings, registry, name="slow")
+    loop = Consumer(settings, registry, name="slow")
     try:
         with loop.conn.cursor() as cur:
             cur.execute("SET statement_timeout = 500")
         loop.conn.commit()
         enqueue(loop.queue, conversation("end", 40, "2014-01-01 08:00:00"), login(41, "2014-01-01 08:00:00"))
-        from psycopg2.errors import QueryCanceled
-
-        with pytest.raises(QueryCanceled):
-            loop.step(block_seconds=0)
+        assert loop.step(block_seconds=0) == 2  # handled: given back, not raised
         assert loop.queue.redis.llen(loop.queue.suspect) == 2 and loop.queue.depth() == 0
+        assert loop.queue.redis.hlen(loop.queue.strikes) == 0  # a batch of two: no strike yet
     finally:
         loop.close()
 
@@ -239,18 +237,17 @@ def test_a_slow_batch_keeps_its_lease_and_gets_no_strike(settings, db, rq):
         time.sleep(8)  # longer than the lease
         handler.apply(cur, events)
 
-    loop = DrainLoop(fast, registry_with("operator.login", slow_apply), name="slowpoke")
-    beat = Heartbeat(loop, stall_seconds=60)
+    loop = Consumer(fast, registry_with("operator.login", slow_apply), name="slowpoke")
+    beat = LeaseKeeper(loop)
     beat.start()
-    other = DrainLoop(fast, registry_with_handlers(), name="other")
+    other = Consumer(fast, registry_with_handlers(), name="other")
     try:
         enqueue(loop.queue, login(50, "2014-01-01 08:00:00"))
         worker = threading.Thread(target=lambda: loop.step(block_seconds=0))
         worker.start()
         time.sleep(6.5)  # past the first deadline: another worker sweeps for expired leases
         assert other.queue.reclaim() == 0
-        state = WorkerStats(other.queue.redis, fast.queue_prefix).drain_states()["slowpoke"]
-        assert state["phase"].startswith("storing") and state["batch_in_hand"] and state["lease_deadline"]
+        assert list(loop.in_hand) and other.queue.claimed() == 1  # still ours, still leased
         worker.join()
         assert query(db, "SELECT status, deliveries FROM events") == [("processed", 1)]
         assert other.queue.redis.hlen(other.queue.strikes) == 0 and other.queue.claimed() == 0
@@ -261,17 +258,41 @@ def test_a_slow_batch_keeps_its_lease_and_gets_no_strike(settings, db, rq):
         other.close()
 
 
-def test_an_ack_after_the_lease_was_lost_changes_nothing(loop, queue, db):
+def test_an_ack_after_the_lease_was_lost_changes_nothing(settings, queue, db):
+    handler = registry_with_handlers().get("operator.login")
+    swept = []
+
+    def stall_then_apply(cur, events):
+        swept.append(queue.reclaim(now=time.time() + 3600))  # we stall past the lease mid-batch...
+        handler.apply(cur, events)  # ... and wake up and store anyway
+
+    loop = Consumer(settings, registry_with("operator.login", stall_then_apply), name="stalled")
     enqueue(queue, login(60, "2014-01-01 08:00:00"), logout(60, "2014-01-01 09:00:00"))
     batch = queue.claim(10)
-    assert queue.reclaim(now=time.time() + 3600) == 2  # we stalled: the items went to the suspects
-    loop.store(batch)  # ... and we wake up and store them anyway
+    try:
+        assert loop.process(batch) == "stored"
+    finally:
+        loop.close()
+    assert swept == [2]  # the items went to the suspects (with a strike: the batch had started)
     assert queue.redis.llen(queue.suspect) == 2  # our ack did not remove what is no longer ours
+    loop = Consumer(settings, registry_with_handlers(), name="other")
     drain(loop)  # another worker processes the suspects
     assert query(db, "SELECT name, deliveries FROM events ORDER BY name") == [
         ("operator.login", 1), ("operator.logout", 1)]
     assert query(db, "SELECT duration_seconds FROM operator_sessions") == [(3600.0,)]
     assert queue.redis.hlen(queue.strikes) == 0
+    loop.close()
+
+
+def test_a_task_that_comes_after_its_lease_ended_stores_nothing(loop, queue, db):
+    enqueue(queue, login(61, "2014-01-01 08:00:00"))
+    batch = queue.claim(10)
+    assert queue.reclaim(now=time.time() + 3600) == 1  # no task began it: back to the queue, no strike
+    assert queue.depth() == 1 and queue.redis.hlen(queue.strikes) == 0
+    assert loop.process(batch) == "lease lost"  # a late or duplicated task message
+    assert query(db, "SELECT count(*) FROM events") == [(0,)]
+    assert drain(loop) == 1
+    assert query(db, "SELECT deliveries FROM events") == [(1,)]
 
 
 # -- a worker that cannot go on ---------------------------------------------
@@ -295,23 +316,23 @@ def test_health_fails_when_events_wait_and_the_worker_made_no_progress(settings,
     assert health(progress_age=3600) == 0  # nothing waits: an idle worker is healthy
 
 
-def test_a_drain_loop_that_dies_ends_its_process_with_the_reason(settings, tmp_path):
+def test_a_dispatcher_that_dies_ends_its_process_with_the_reason(settings, tmp_path):
     script = tmp_path / "die.py"
     script.write_text(
         "import logging, sys\n"
         "logging.basicConfig(stream=sys.stdout)\n"
-        "from workers.celery_app import DrainStep\n"
+        "from workers.celery_app import DispatchStep\n"
         "class Broken:\n"
         "    def run(self):\n"
         "        raise RuntimeError('the loop broke')\n"
-        "step = DrainStep.__new__(DrainStep)\n"
-        "step.loop = Broken()\n"
+        "step = DispatchStep.__new__(DispatchStep)\n"
+        "step.dispatcher = Broken()\n"
         "step._run()\n"
         "print('still alive')\n")
     out = subprocess.run([sys.executable, str(script)], env=settings_env(settings), cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 3
-    assert "worker exits: drain loop died: RuntimeError: the loop broke" in out.stdout
+    assert "worker exits: dispatcher died: RuntimeError: the loop broke" in out.stdout
     assert "still alive" not in out.stdout
 
 

@@ -19,7 +19,8 @@ from tests.conftest import PARIS_TOKEN, ROOT, TOKEN, make_settings, query, setti
 from tests.helpers import conversation, drain, enqueue, login, logout
 from tests.test_http import LOGIN
 from web import create_app
-from workers.drain import DrainLoop
+from workers import housekeeping
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 SECRET = "paris-signing-secret-0123456789"
@@ -107,7 +108,7 @@ def test_pushline_web_refuses_a_short_token_with_one_line(settings):
 
 def test_custom_data_with_too_many_keys_is_rejected_with_a_reason(database_url, redis_url, db, rq):
     settings = make_settings(database_url, redis_url, MAX_CUSTOM_DATA_KEYS="3")
-    loop = DrainLoop(settings, registry_with_handlers(), name="limits")
+    loop = Consumer(settings, registry_with_handlers(), name="limits")
     enqueue(loop.queue, conversation("start", 1, "2014-01-01 09:00:00", custom_data={str(i): i for i in range(4)}),
             conversation("start", 2, "2014-01-01 09:00:00", custom_data={str(i): i for i in range(3)}))
     drain(loop)
@@ -141,7 +142,7 @@ def seeded(settings, db, rq):
     """Every table the roles are about holds rows, stored by the real drain loop, whatever ran before:
     a read that returns them proves the grant, a write that changes them proves it too."""
     db.cursor().execute("TRUNCATE operator_horizons")  # prune's; the db fixture leaves it
-    loop = DrainLoop(settings, registry_with_handlers(), name="seed")
+    loop = Consumer(settings, registry_with_handlers(), name="seed")
     enqueue(loop.queue, *SEED)
     drain(loop)
     loop.close()
@@ -204,7 +205,7 @@ def test_the_worker_runs_with_only_the_worker_role(settings, db, rq):
 
     # Nothing left by another test may decide the sessions: a prune's horizon would hide them.
     db.cursor().execute("TRUNCATE operator_horizons")
-    loop = DrainLoop(settings, registry_with_handlers(), name="least-privilege")
+    loop = Consumer(settings, registry_with_handlers(), name="least-privilege")
     try:
         with loop.conn.cursor() as cur:
             cur.execute("SET SESSION ROLE pushline_worker")
@@ -214,6 +215,7 @@ def test_the_worker_runs_with_only_the_worker_role(settings, db, rq):
         # One push reached the fallback while Redis was away: the worker forwards it too.
         item = Envelope(uuid.uuid4().hex, "default", time.time(), json.dumps(bodies[-1]).encode()).encode()
         db.cursor().execute("INSERT INTO spool (item) VALUES (%s)", (item,))
+        assert housekeeping.forward_spool(loop.conn, loop.queue) == 1  # beat's task, on the worker's session
         assert drain(loop) == len(bodies)
         with loop.conn.cursor() as cur:  # the very session that did the work
             cur.execute("SELECT current_user")
@@ -247,7 +249,7 @@ def test_duplicate_keys_are_accepted_and_the_last_one_wins(settings, db, rq):
     body = b'{"name": "operator.login", "name": "operator.logout", "datetime": {"created": "2014-01-01 00:00:00",' \
            b' "sent": "2014-01-01 00:00:00"}, "parameters": {"operator_id": 3}}'
     assert client.post(f"/push/{TOKEN}", data=body, content_type="application/json").status_code == 202
-    loop = DrainLoop(settings, registry_with_handlers(), name="dup-keys")
+    loop = Consumer(settings, registry_with_handlers(), name="dup-keys")
     drain(loop)
     loop.close()
     assert query(db, "SELECT name, status FROM events") == [("operator.logout", "processed")]

@@ -12,7 +12,7 @@ import pytest
 from tests import oracle
 from tests.conftest import query
 from tests.helpers import conversation, drain, enqueue, login, logout
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 
 
@@ -45,7 +45,7 @@ def no_horizons(db):
 
 @pytest.fixture
 def store(settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="semantics")
+    loop = Consumer(settings, registry_with_handlers(), name="semantics")
 
     def run(events: list[dict]):
         results = []
@@ -157,7 +157,7 @@ def test_push_timezone_applies_to_naive_datetimes(settings, db, rq):
     from tests.conftest import make_settings
 
     paris = make_settings(settings.database_url, settings.redis_url, PUSH_TIMEZONE="Europe/Paris")
-    loop = DrainLoop(paris, registry_with_handlers(), name="tz")
+    loop = Consumer(paris, registry_with_handlers(), name="tz")
     enqueue(loop.queue, login(1, "2014-07-01 09:00:00"), logout(1, "2014-07-01T09:30:00+00:00"))
     drain(loop)
     loop.close()
@@ -222,7 +222,7 @@ def tied_orders():
 
 def test_tied_starts_and_ends_give_one_row_whatever_the_order(settings, db, rq):
     expected = oracle.conversations(TIED)
-    loop = DrainLoop(settings, registry_with_handlers(), name="ties")
+    loop = Consumer(settings, registry_with_handlers(), name="ties")
     seen = {}
     try:
         for label, batches in tied_orders():

@@ -10,14 +10,14 @@ from pushline.queue import EventQueue
 from tests.conftest import query
 from tests.helpers import conversation, drain, enqueue, login, logout
 from tests.test_schemas import fixture
-from workers.drain import DrainLoop
+from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
 from workers.registry import Registry
 
 
 @pytest.fixture
 def loop(settings, db, rq):
-    loop = DrainLoop(settings, registry_with_handlers(), name="test")
+    loop = Consumer(settings, registry_with_handlers(), name="test")
     yield loop
     loop.close()
 
@@ -91,7 +91,7 @@ def test_redelivered_queue_item_is_counted_once(loop, queue, db, rq):
     """A worker that dies after commit but before ack: the item comes back; nothing doubles."""
     enqueue(queue, login(4, "2014-01-01 08:00:00"))
     batch = queue.claim(10)
-    loop.store(batch)  # committed and acked
+    assert loop.process(batch) == "stored"  # committed and acked
     # Put the very same item back, as a reclaim after a lost ack would.
     rq.rpush(queue.incoming, *batch.items)
     drain(loop)
@@ -143,7 +143,7 @@ def test_poison_event_is_rejected_and_the_rest_of_its_batch_is_processed(setting
             raise RuntimeError("boom on 13")
         conversations.apply(cur, events)
 
-    loop = DrainLoop(settings, registry, name="poison")
+    loop = Consumer(settings, registry, name="poison")
     enqueue(loop.queue, conversation("start", 12, "2014-01-01 08:00:00"),
             conversation("start", 13, "2014-01-01 08:00:00"), login(1, "2014-01-01 08:00:00"))
     drain(loop)
@@ -175,6 +175,9 @@ def test_spooled_events_reach_the_queue_and_the_tables(loop, db):
     for i, body in enumerate([login(8, "2014-01-01 08:00:00"), logout(8, "2014-01-01 09:00:00")]):
         spool(conn, Envelope(f"spooled-{i}", "default", 1.0, json.dumps(body).encode()).encode())
     conn.close()
+    from workers import housekeeping
+
+    assert housekeeping.forward_spool(loop.conn, loop.queue) == 2  # beat's forward_spool task
     drain(loop)
     assert query(db, "SELECT count(*) FROM spool") == [(0,)]
     assert query(db, "SELECT operator_id, duration_seconds FROM operator_sessions") == [(8, 3600.0)]
@@ -188,17 +191,17 @@ def test_a_dead_workers_events_are_processed_one_by_one_and_a_repeat_killer_is_r
     from pushline.queue import STRIKE_LIMIT
 
     enqueue(queue, login(30, "2014-01-01 08:00:00"), logout(30, "2014-01-01 09:00:00"))
-    queue.claim(10)
-    queue.reclaim(now=_time.time() + 3600)  # that worker died: both become suspects
+    assert queue.start(queue.claim(10).id)  # a task began it...
+    queue.reclaim(now=_time.time() + 3600)  # ... and its worker died: both become suspects
     assert drain(loop) == 2  # one at a time
     assert query(db, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 2)]
     assert queue.redis.hlen(queue.strikes) == 0
 
     enqueue(queue, conversation("start", 31, "2014-01-01 08:00:00"))
-    queue.claim(10)
+    assert queue.start(queue.claim(10).id)
     for _ in range(STRIKE_LIMIT - 1):
         queue.reclaim(now=_time.time() + 3600)
-        queue.claim_one(queue.suspect)  # ... and each next worker dies on it too
+        assert queue.start(queue.claim_one(queue.suspect)[1].id)  # ... and each next worker dies on it too
     queue.reclaim(now=_time.time() + 3600)
     drain(loop)
     [(status, error)] = query(db, "SELECT status, error FROM events WHERE name = 'conversation.start'")

@@ -1,8 +1,15 @@
-"""Per-process clients, made on first use so that importing connects to nothing."""
+"""Per-thread clients, made on first use so that importing connects to nothing.
+
+gunicorn runs gthread workers: several threads per process serve pushes. The
+ack path's bare RESP socket and the PostgreSQL sessions serve one request at
+a time, so each thread has its own (the breaker is shared: Redis is down for
+the whole process, not for one thread).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import psycopg2
@@ -22,15 +29,27 @@ def settings() -> Settings:
     return current_app.config["PUSHLINE"]
 
 
+def _mine() -> dict:
+    """This thread's clients for this app."""
+    local = current_app.extensions.get("pushline.threads")
+    if local is None:
+        local = current_app.extensions.setdefault("pushline.threads", threading.local())
+    try:
+        return local.clients
+    except AttributeError:
+        local.clients = {}
+        return local.clients
+
+
 def queue() -> EventQueue:
-    ext = current_app.extensions
-    if "pushline.queue" not in ext:
+    mine = _mine()
+    if "queue" not in mine:
         s = settings()
         # Bounded timeouts: a Redis outage must fail a push fast, never hang it.
         client = redis_client.client(s.redis_url, "web")
         fast = RespConnection.for_url(s.redis_url)  # the push's LPUSH, without redis-py's per-call overhead
-        ext["pushline.queue"] = EventQueue(client, s.queue_prefix, s.lease_seconds, fast=fast)
-    return ext["pushline.queue"]
+        mine["queue"] = EventQueue(client, s.queue_prefix, s.lease_seconds, fast=fast)
+    return mine["queue"]
 
 
 class RedisBreaker:
@@ -56,15 +75,16 @@ def spool_connection() -> BoundedSession:
 
     Bounded: with PostgreSQL paused as well as Redis, a push gets its 503
     within seconds instead of hanging until gunicorn kills the worker."""
-    conn = current_app.extensions.get("pushline.spool")
+    mine = _mine()
+    conn = mine.get("spool")
     if conn is None or conn.closed:
         conn = BoundedSession(settings().database_url, "pushline-web", io_seconds=SPOOL_IO_SECONDS)
-        current_app.extensions["pushline.spool"] = conn
+        mine["spool"] = conn
     return conn
 
 
 def drop_spool_connection() -> None:
-    conn = current_app.extensions.pop("pushline.spool", None)
+    conn = _mine().pop("spool", None)
     if conn is not None:
         with contextlib.suppress(Exception):
             conn.close()
@@ -85,11 +105,12 @@ def database_answers() -> bool:
 
 
 def status_session() -> BoundedSession:
-    """One bounded PostgreSQL session per process for /status.json and /metrics."""
-    conn = current_app.extensions.get("pushline.status")
+    """One bounded PostgreSQL session per thread for /status.json and /metrics."""
+    mine = _mine()
+    conn = mine.get("status")
     if conn is None or conn.closed:
         conn = BoundedSession(settings().database_url, "pushline-web-status", io_seconds=2.0)
-        current_app.extensions["pushline.status"] = conn
+        mine["status"] = conn
     return conn
 
 
@@ -98,7 +119,7 @@ def status_query(sql: str, params=None) -> list[tuple]:
     try:
         return status_session().execute(sql, params).fetchall()
     except psycopg2.Error:
-        conn = current_app.extensions.pop("pushline.status", None)
+        conn = _mine().pop("status", None)
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

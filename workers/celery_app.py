@@ -1,55 +1,92 @@
-"""The Celery application: `celery -A workers.celery_app worker`.
+"""The Celery application: `celery -A workers.celery_app worker|beat|inspect|flower`.
 
-Bound to the same settings as the web tier. Creating it connects to nothing;
-the drain loop starts with the worker (as a bootstep) and stops with it: a
-warm shutdown (SIGTERM) finishes and acknowledges the batch in hand.
+Bound to the same settings as the web tier; creating it connects to nothing.
+A worker runs an ordinary pool (prefork, `-c N`) that executes one
+`pushline.store_batch` task per claimed batch, and in its main process a
+dispatcher thread (a bootstep) that claims the batches and sends those tasks
+(workers.dispatch). Beat schedules the housekeeping. `celery inspect drain`
+shows each worker's drain state; `celery inspect stats` counts the tasks;
+Flower lists them (task events are on).
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from celery import Celery, bootsteps, signals
+from celery.worker.control import inspect_command
+from kombu import Queue
 
+from pushline.celery_client import BATCHES, HOUSEKEEPING, broker_transport_options, broker_url
 from pushline.config import Settings
+from workers import housekeeping
 
 
-class DrainStep(bootsteps.StartStopStep):
-    """Runs workers.drain.DrainLoop in a thread of the worker process."""
+def time_limits(settings: Settings) -> tuple[float, float]:
+    """(soft, hard) for a batch: below the lease, so that a task stuck past them
+    is ended by Celery while its batch is still its own to give back."""
+    return settings.lease_seconds * 0.5, settings.lease_seconds * 0.75
+
+
+class DispatchStep(bootsteps.StartStopStep):
+    """Runs workers.dispatch.Dispatcher in a thread of the worker's main process."""
+
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
-        self.loop = None
+        self.dispatcher = None
         self.thread = None
         self.heartbeat = None
 
     def start(self, worker):
-        from workers.drain import DrainLoop, Heartbeat
+        from workers.dispatch import Dispatcher, Heartbeat
         from workers.handlers import registry_with_handlers
 
         settings: Settings = worker.app.conf.pushline_settings
         settings.require("DATABASE_URL", "REDIS_URL")
-        self.loop = DrainLoop(settings, registry_with_handlers(), name=worker.hostname)
-        self.heartbeat = Heartbeat(self.loop, settings.worker_stall_seconds)
-        self.thread = threading.Thread(target=self._run, name="pushline-drain", daemon=True)
+        store_batch = worker.app.tasks["pushline.store_batch"]
+
+        def send(batch_id: str, kind: str, dispatcher: str) -> None:
+            store_batch.apply_async((batch_id, kind, dispatcher), retry=False)
+
+        concurrency = worker.concurrency or 1
+        self.dispatcher = Dispatcher(settings, registry_with_handlers(), name=worker.hostname,
+                                     capacity=2 * concurrency, send=send,
+                                     pool=worker.pool_cls.__module__.rsplit(".", 1)[-1], concurrency=concurrency)
+        _DISPATCHERS[worker.hostname] = self.dispatcher
+        self.heartbeat = Heartbeat(self.dispatcher, settings.worker_stall_seconds)
+        self.thread = threading.Thread(target=self._run, name="pushline-dispatcher", daemon=True)
         self.thread.start()
         self.heartbeat.start()
 
     def _run(self):
-        from workers.drain import die
+        from workers.dispatch import die
 
         try:
-            self.loop.run()
+            self.dispatcher.run()
         except BaseException as exc:  # the loop never ends by itself but on stop()
-            die(f"drain loop died: {type(exc).__name__}: {exc}", exc_info=True)
+            die(f"dispatcher died: {type(exc).__name__}: {exc}", exc_info=True)
 
     def stop(self, worker):
-        if self.loop is not None:
-            self.loop.stop()
-            self.thread.join(timeout=60)
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.thread.join(timeout=30)
             self.heartbeat.stop()
+            self.dispatcher = None
 
     shutdown = stop
+
+
+_DISPATCHERS: dict[str, object] = {}
+
+
+@inspect_command(name="drain")
+def drain(state):
+    """`celery -A workers.celery_app inspect drain`: this worker's drain state."""
+    dispatcher = _DISPATCHERS.get(state.consumer.hostname)
+    return dispatcher.state() if dispatcher is not None else {"error": "no dispatcher in this worker"}
 
 
 @signals.setup_logging.connect
@@ -60,19 +97,58 @@ def _json_logs(loglevel=None, **kwargs):
     configure(Settings.from_env().log_level)
 
 
+@signals.worker_process_init.connect
+def _pool_process_init(**kwargs):
+    # What was imported before the fork lives as long as the process: out of the
+    # collector's sight, it is not rescanned by every collection batches trigger.
+    gc.freeze()
+
+
+def beat_schedule(settings: Settings) -> dict:
+    def every(seconds: float, task: str) -> dict:
+        # A tick that waited longer than its period is useless: the next one comes.
+        return {"task": task, "schedule": seconds, "options": {"queue": HOUSEKEEPING, "expires": seconds * 2}}
+
+    schedule = {
+        "sweep-leases": every(housekeeping.SWEEP_EVERY, "pushline.sweep_leases"),
+        "forward-spool": every(housekeeping.FORWARD_EVERY, "pushline.forward_spool"),
+        "roll-partitions": every(housekeeping.PARTITIONS_EVERY, "pushline.roll_partitions"),
+    }
+    if settings.retention_days:
+        schedule["apply-retention"] = every(housekeeping.RETENTION_EVERY, "pushline.apply_retention")
+    return schedule
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("pushline", broker=settings.redis_url or "redis://127.0.0.1:6379/0")
+    soft, hard = time_limits(settings)
+    app = Celery("pushline", broker=broker_url(settings), include=["workers.tasks"])
     app.conf.update(
         pushline_settings=settings,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"global_keyprefix": f"{settings.queue_prefix}:celery:"},
+        broker_connection_timeout=4,
+        broker_transport_options=broker_transport_options(settings),
+        task_default_queue=BATCHES,
+        task_queues=(Queue(BATCHES), Queue(HOUSEKEEPING)),  # a worker consumes both
+        task_routes={"pushline.store_batch": {"queue": BATCHES}, "pushline.replay": {"queue": HOUSEKEEPING},
+                     "pushline.prune": {"queue": HOUSEKEEPING}, "pushline.sweep_leases": {"queue": HOUSEKEEPING},
+                     "pushline.forward_spool": {"queue": HOUSEKEEPING},
+                     "pushline.roll_partitions": {"queue": HOUSEKEEPING},
+                     "pushline.apply_retention": {"queue": HOUSEKEEPING}},
+        task_annotations={"pushline.store_batch": {"soft_time_limit": soft, "time_limit": hard}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_ignore_result=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # Flower lists the tasks
+        task_send_sent_event=True,
+        # The lease, not the connection, decides who owns a batch: a task running
+        # while the broker connection blips goes on and acknowledges by lease.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        beat_schedule=beat_schedule(settings),
     )
-    app.steps["worker"].add(DrainStep)
+    app.steps["worker"].add(DispatchStep)
     return app
 
 

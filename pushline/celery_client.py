@@ -1,0 +1,38 @@
+"""What the workers' Celery app and its clients share: queues and broker options.
+
+The CLI sends maintenance tasks by name through a bare Celery app made here,
+so that the shared package never imports the workers' code.
+"""
+
+from __future__ import annotations
+
+from pushline.config import Settings
+
+BATCHES = "pushline.batches"  # one task per claimed batch
+HOUSEKEEPING = "pushline.housekeeping"  # beat's duties and maintenance
+
+
+def broker_url(settings: Settings) -> str:
+    return settings.redis_url or "redis://127.0.0.1:6379/0"
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    return {
+        "global_keyprefix": f"{settings.queue_prefix}:celery:",
+        # Bounded waits on a Redis that stopped answering (a blocking read waits 1 s).
+        "socket_timeout": 10, "socket_connect_timeout": 4, "socket_keepalive": True,
+        # A message whose task never ended is delivered again after this long; the
+        # lease has long returned its batch by then, so that delivery finds nothing to do.
+        "visibility_timeout": 3600,
+    }
+
+
+def send(settings: Settings, task: str, kwargs: dict) -> str:
+    """Send a task by name to the housekeeping queue; returns its id."""
+    from celery import Celery
+
+    client = Celery("pushline", broker=broker_url(settings))
+    client.conf.update(broker_transport_options=broker_transport_options(settings), broker_connection_timeout=4,
+                       broker_connection_retry_on_startup=False)
+    result = client.send_task(task, kwargs=kwargs, queue=HOUSEKEEPING, retry=False)
+    return result.id

@@ -1,0 +1,155 @@
+"""Pushline's Celery tasks: one per batch, housekeeping for beat, maintenance on demand.
+
+`PushlineTask` is the one base that owns what every task needs (pypi/warehouse's
+WarehouseTask does the same): the process's consumer (Redis queue, PostgreSQL
+connection, handler registry) made once per pool process, the lease keeper,
+late acknowledgement, retries with backoff on transient failures, and the
+figures. Time limits (below the lease) are set per task by workers.celery_app,
+from the settings. Handlers stay plain functions that know nothing of Celery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt  # noqa: F401  (annotations)
+import logging
+import os
+import threading
+
+import redis
+from celery import Task, shared_task
+
+from pushline.config import Settings
+from pushline.queue import Batch
+from workers import housekeeping
+from workers.consumer import Consumer, LeaseKeeper, Outcome, Transient
+from workers.dispatch import done_key
+
+log = logging.getLogger(__name__)
+
+DONE_TTL = 600  # seconds a dispatcher's report list outlives its last report (a dispatcher that died)
+
+
+class PushlineTask(Task):
+    abstract = True
+    acks_late = True  # a message is acknowledged after its task ran, not when a process took it
+    reject_on_worker_lost = True  # a pool process killed mid-task: the message goes back
+    autoretry_for = (Transient,)
+    retry_backoff = 1  # seconds, doubled per retry
+    retry_backoff_max = 15
+    retry_jitter = True
+    max_retries = None  # a database down for an hour is waited for; the lease is kept meanwhile
+    ignore_result = True
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.conf.pushline_settings
+
+    @property
+    def consumer(self) -> Consumer:
+        """One per pool process, or per thread of a threads pool (a PostgreSQL
+        connection serves one thread); made where it is used, never inherited
+        through fork."""
+        local = _local
+        if getattr(local, "pid", None) != os.getpid():
+            from workers.handlers import registry_with_handlers
+
+            node = getattr(self.request, "hostname", None) or "worker"
+            local.consumer = Consumer(self.settings, registry_with_handlers(), name=node)
+            local.keeper = LeaseKeeper(local.consumer)
+            local.keeper.start()
+            local.pid = os.getpid()
+        return local.consumer
+
+
+_local = threading.local()
+
+
+def _report(consumer: Consumer, dispatcher: str, batch_id: str, outcome: str, events: int) -> None:
+    """Tell the dispatcher that sent the batch how it went (it frees a place in flight)."""
+    key = done_key(consumer.settings.queue_prefix, dispatcher)
+    with contextlib.suppress(redis.RedisError):  # the dispatcher also reads the leases themselves
+        pipe = consumer.queue.redis.pipeline(transaction=False)
+        pipe.rpush(key, f"{batch_id}\t{outcome}\t{events}")
+        pipe.expire(key, DONE_TTL)
+        pipe.execute()
+
+
+@shared_task(bind=True, base=PushlineTask, name="pushline.store_batch")
+def store_batch(self: PushlineTask, batch_id: str, kind: str, dispatcher: str) -> dict:
+    """Process one claimed batch of the reliable queue, named by its id."""
+    consumer = self.consumer
+    try:
+        items = consumer.queue.items(batch_id)
+        owner = self.request.id or "eager"
+        outcome = consumer.process(Batch(batch_id, items), kind, owner) if items else Outcome.LOST
+    except Transient as exc:
+        # The batch stays ours: keep its lease beyond the retry's longest countdown.
+        with contextlib.suppress(redis.RedisError):
+            consumer.queue.extend([batch_id], extra_seconds=self.retry_backoff_max)
+        _report(consumer, dispatcher, batch_id, "retry", 0)
+        log.warning("batch %s: %s; retried (attempt %d)", batch_id, exc, self.request.retries + 1)
+        raise
+    if outcome == Outcome.LOST:
+        log.info("batch %s: its lease was gone (already stored, or swept back to the queue) or another task"
+                 " has it (a duplicated message); nothing to do", batch_id)
+        with contextlib.suppress(redis.RedisError):
+            consumer.stats.count("tasks_without_lease")
+    _report(consumer, dispatcher, batch_id, outcome, len(items) if outcome == Outcome.STORED else 0)
+    return {"outcome": outcome, "items": len(items)}
+
+
+# -- housekeeping, scheduled by beat (workers.celery_app) ----------------------
+@shared_task(bind=True, base=PushlineTask, name="pushline.sweep_leases", autoretry_for=())
+def sweep_leases(self: PushlineTask) -> int:
+    return housekeeping.sweep_leases(self.consumer.queue)
+
+
+@shared_task(bind=True, base=PushlineTask, name="pushline.forward_spool", autoretry_for=())
+def forward_spool(self: PushlineTask) -> int:
+    consumer = self.consumer
+    try:
+        return housekeeping.forward_spool(consumer.conn, consumer.queue)
+    except Exception:
+        consumer.drop_connection()
+        raise
+
+
+@shared_task(bind=True, base=PushlineTask, name="pushline.roll_partitions", autoretry_for=())
+def roll_partitions(self: PushlineTask) -> int | None:
+    return housekeeping.roll_partitions(self.settings, self.consumer.queue)
+
+
+@shared_task(bind=True, base=PushlineTask, name="pushline.apply_retention", autoretry_for=())
+def apply_retention(self: PushlineTask) -> int | None:
+    consumer = self.consumer
+    try:
+        return housekeeping.apply_retention(consumer.conn, self.settings, consumer.queue)
+    except Exception:
+        consumer.drop_connection()
+        raise
+
+
+# -- maintenance, sent by `pushline replay|prune --enqueue` --------------------
+@shared_task(bind=True, base=PushlineTask, name="pushline.replay", autoretry_for=())
+def replay(self: PushlineTask, statuses: list[str] | None = ("rejected", "unhandled"), names: list[str] | None = None,
+           since: str | None = None, until: str | None = None, rebuild: bool = False) -> dict:
+    from workers import maintenance
+
+    return maintenance.replay_events(self.settings, statuses=statuses, names=names,
+                                     since=_instant(since, self.settings), until=_instant(until, self.settings),
+                                     rebuild=rebuild)
+
+
+@shared_task(bind=True, base=PushlineTask, name="pushline.prune", autoretry_for=())
+def prune(self: PushlineTask, before: str) -> dict:
+    from workers import maintenance
+
+    return maintenance.prune_events(self.settings, _instant(before, self.settings))
+
+
+def _instant(text: str | None, settings: Settings) -> dt.datetime | None:
+    """Naive times are in PUSH_TIMEZONE, as on the command line."""
+    from workers.maintenance import when
+
+    return when(text, settings) if text else None

@@ -27,12 +27,12 @@ def broker_transport_options(settings: Settings) -> dict:
     }
 
 
-def send(settings: Settings, task: str, kwargs: dict) -> str:
-    """Send a task by name to the housekeeping queue; returns its id."""
+def send(settings: Settings, task: str, kwargs: dict | None = None, args: tuple = (), queue: str = HOUSEKEEPING) -> str:
+    """Send a task by name (by default to the housekeeping queue); returns its id."""
     from celery import Celery
 
     client = Celery("pushline", broker=broker_url(settings))
     client.conf.update(broker_transport_options=broker_transport_options(settings), broker_connection_timeout=4,
                        broker_connection_retry_on_startup=False)
-    result = client.send_task(task, kwargs=kwargs, queue=HOUSEKEEPING, retry=False)
+    result = client.send_task(task, args=args, kwargs=kwargs or {}, queue=queue, retry=False)
     return result.id

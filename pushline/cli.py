@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from pushline.config import ConfigError, Settings
@@ -207,8 +208,10 @@ def cmd_stats(args) -> int:
         spool_oldest, spooled = spool.oldest(conn), spool.depth(conn)
     finally:
         conn.close()
-    workers = WorkerStats(queue.redis, settings.queue_prefix).drain_states()
+    figures = WorkerStats(queue.redis, settings.queue_prefix)
+    workers = figures.drain_states()
     stalled = set(stalled_workers(workers, settings.worker_stall_seconds))
+    now = time.time()
     report = {
         "queue_depth": queue.depth(),
         "oldest_pending_seconds": oldest_pending_seconds(queue, spool_oldest),
@@ -218,6 +221,8 @@ def cmd_stats(args) -> int:
         "dead_letters": queue.dead_letter_count(),
         "dead_letter_reasons": queue.dead_letter_reasons(),
         "workers": {name: {**state, "stalled": name in stalled} for name, state in sorted(workers.items())},
+        # Seconds since beat's duties last ran: a growing figure means no beat runs.
+        "housekeeping_seconds_ago": {duty: round(now - at, 1) for duty, at in sorted(figures.duties().items())},
         "events": counts,
         "rejected_reasons": reasons,
     }
@@ -228,7 +233,6 @@ def cmd_stats(args) -> int:
 def cmd_health(args) -> int:
     """For a supervisor's health check: exit 1 when events have waited longer than
     the stall time and no worker of this host (or the one named) progressed within it."""
-    import time
 
     from pushline.pending import oldest_pending_seconds
     from pushline.workerstats import WorkerStats

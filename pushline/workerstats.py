@@ -24,6 +24,7 @@ class WorkerStats:
         self.counters = f"{prefix}:metrics:counters"  # batches, batch_items, retries, reclaimed
         self.lag = f"{prefix}:metrics:lag"  # worker -> "lag_seconds\tunix_time"
         self.workers = f"{prefix}:metrics:workers"  # worker -> JSON drain state, refreshed by its heartbeat
+        self.housekeeping = f"{prefix}:housekeeping"  # duty -> unix time it last ran (beat's tasks)
 
     def record_batch(self, worker: str, by_name_status: Counter, items: int, lag_seconds: float) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -57,6 +58,13 @@ class WorkerStats:
                 continue
             out[worker.decode()] = state
         return out
+
+    def mark_duty(self, duty: str) -> None:
+        self.redis.hset(self.housekeeping, duty, f"{time.time():.3f}")
+
+    def duties(self) -> dict[str, float]:
+        """When each housekeeping duty last ran (unix time): shows whether beat does its job."""
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(self.housekeeping).items()}
 
     def count(self, counter: str, n: int = 1) -> None:
         self.redis.hincrby(self.counters, counter, n)

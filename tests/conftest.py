@@ -197,11 +197,24 @@ def start_web(settings: Settings, tmp_path: Path, **extra_env: str) -> tuple[Pro
 
 
 def start_worker(settings: Settings, tmp_path: Path, name: str = "w1", **extra_env: str) -> Proc:
+    # One pool process unless a test asks for more: eight workers of one CPU's
+    # worth each are eight workers, at a third of the processes.
+    extra_env.setdefault("PUSHLINE_WORKER_CONCURRENCY", "1")
     env = settings_env(settings, **extra_env)
     proc = Proc([sys.executable, "-m", "pushline.cli", "worker", "--name", f"{name}-{RUN_ID}@test"], env,
                 tmp_path / f"worker-{name}.log")
     wait_for(lambda: "dispatcher started" in proc.output() or proc.popen.poll() is not None,
              timeout=30, what="the worker to start")
+    assert proc.popen.poll() is None, proc.output()
+    return proc
+
+
+def start_beat(settings: Settings, tmp_path: Path, **extra_env: str) -> Proc:
+    env = settings_env(settings, **extra_env)
+    proc = Proc([sys.executable, "-m", "pushline.cli", "beat", "--schedule", str(tmp_path / "beat-schedule")], env,
+                tmp_path / "beat.log")
+    wait_for(lambda: "beat v" in proc.output() or proc.popen.poll() is not None, timeout=30,
+             what="beat to start")
     assert proc.popen.poll() is None, proc.output()
     return proc
 

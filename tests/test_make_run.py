@@ -106,7 +106,16 @@ def test_make_run_serves_a_push_and_ctrl_c_leaves_no_process(tmp_path):
         text = out.read_text()
         # The banner tells the truth about the pool; beat is sending the housekeeping.
         assert f"concurrency: {os.cpu_count()} (prefork)" in text and "(solo)" not in text
-        wait_for(lambda: "pushline.sweep_leases" in out.read_text(), timeout=30, what="beat to send a sweep")
+
+        def beat_did_its_duties():
+            stats = subprocess.run(["make", "-s", "stats"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                   timeout=120)
+            ago = json.loads(stats.stdout[stats.stdout.index("{"):])["housekeeping_seconds_ago"]
+            return {"sweep_leases", "forward_spool", "roll_partitions"} <= set(ago) and ago["sweep_leases"] < 15
+        wait_for(beat_did_its_duties, timeout=40, interval=2, what="beat's duties to run")
+        # The newcomer's console: no psql table, no line per task or per beat tick.
+        assert "setval" not in text and "Sending due task" not in out.read_text()
+        assert "succeeded in" not in out.read_text()
         # A worker that exits (as it does when it cannot go on) is started again.
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: "worker exited with -9; restarting it" in out.read_text(), timeout=30,

@@ -207,3 +207,19 @@ def test_a_dead_workers_events_are_processed_one_by_one_and_a_repeat_killer_is_r
     [(status, error)] = query(db, "SELECT status, error FROM events WHERE name = 'conversation.start'")
     assert status == "rejected" and "workers died or failed while processing this event" in error
     assert query(db, "SELECT count(*) FROM conversations") == [(0,)]  # its handler never ran
+
+
+def test_a_duty_is_overdue_after_six_periods_since_its_last_run_or_the_dispatchers_start(queue):
+    from pushline.workerstats import WorkerStats
+    from workers import housekeeping
+
+    queue.redis.delete(WorkerStats(queue.redis, queue.prefix).housekeeping)
+    now = 1_000_000.0
+    # Never run: counted from the start, so beat starting after the workers is no missing beat.
+    assert housekeeping.overdue(queue, since=now - 5, now=now) == []
+    assert housekeeping.overdue(queue, since=now - 29, now=now) == ["forward_spool"]
+    assert housekeeping.overdue(queue, since=now - 31, now=now) == ["sweep_leases", "forward_spool"]
+    assert housekeeping.overdue(queue, since=now - 3601, now=now) == ["sweep_leases", "forward_spool",
+                                                                        "roll_partitions"]
+    queue.redis.hset(WorkerStats(queue.redis, queue.prefix).housekeeping, "sweep_leases", now - 10)
+    assert housekeeping.overdue(queue, since=now - 3601, now=now) == ["forward_spool", "roll_partitions"]

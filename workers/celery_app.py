@@ -12,6 +12,7 @@ Flower lists them (task events are on).
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 
 from celery import Celery, bootsteps, signals
@@ -94,7 +95,21 @@ def _json_logs(loglevel=None, **kwargs):
     """Our JSON logs instead of Celery's text ones (connecting this signal tells Celery so)."""
     from pushline.logs import configure
 
-    configure(Settings.from_env().log_level)
+    level = Settings.from_env().log_level
+    configure(level)
+    if level != "DEBUG":
+        # A line per task received and succeeded, and per beat tick (the spool forward
+        # runs every second), would drown what matters: Flower and `celery inspect`
+        # show the tasks, and failures are still logged.
+        for name in ("celery.beat", "celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@signals.beat_init.connect
+def _duties_at_start(sender=None, **kwargs):
+    """Beat's interval schedules first fire one period after it starts: the
+    partition check (every 10 minutes) is sent at once instead."""
+    sender.app.send_task("pushline.roll_partitions", queue=HOUSEKEEPING, expires=600)
 
 
 @signals.worker_process_init.connect

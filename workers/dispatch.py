@@ -111,6 +111,7 @@ class Dispatcher:
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=512)
         self._next_reconcile = 0.0
         self._next_overdue = 0.0
+        self.started_at = time.time()
 
     @property
     def queue(self) -> EventQueue:
@@ -219,7 +220,7 @@ class Dispatcher:
 
     def cover_for_beat(self) -> None:
         """Beat runs the housekeeping; while it is gone, the dispatchers do it."""
-        late = housekeeping.overdue(self.queue)
+        late = housekeeping.overdue(self.queue, since=self.started_at)
         if not late:
             return
         log.warning("housekeeping not done by beat for a while (%s); doing it here", ", ".join(late))

@@ -31,11 +31,11 @@ OVERDUE_PERIODS = 6
 
 
 def _mark(queue: EventQueue, duty: str) -> None:
-    queue.redis.hset(f"{queue.prefix}:housekeeping", duty, f"{time.time():.3f}")
+    WorkerStats(queue.redis, queue.prefix).mark_duty(duty)
 
 
 def last_runs(queue: EventQueue) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in queue.redis.hgetall(f"{queue.prefix}:housekeeping").items()}
+    return WorkerStats(queue.redis, queue.prefix).duties()
 
 
 def sweep_leases(queue: EventQueue) -> int:
@@ -88,8 +88,10 @@ def apply_retention(conn, settings: Settings, queue: EventQueue) -> int | None:
 DUTIES = {"sweep_leases": SWEEP_EVERY, "forward_spool": FORWARD_EVERY, "roll_partitions": PARTITIONS_EVERY}
 
 
-def overdue(queue: EventQueue, now: float | None = None) -> list[str]:
-    """The duties nobody ran for OVERDUE_PERIODS of their period (beat is down)."""
+def overdue(queue: EventQueue, since: float, now: float | None = None) -> list[str]:
+    """The duties nobody ran for OVERDUE_PERIODS of their period (beat is down).
+    A duty never run counts from `since` (the caller's start): beat starting a
+    moment after the workers is not a missing beat."""
     now = time.time() if now is None else now
     runs = last_runs(queue)
-    return [duty for duty, every in DUTIES.items() if now - runs.get(duty, 0.0) > OVERDUE_PERIODS * every]
+    return [duty for duty, every in DUTIES.items() if now - max(runs.get(duty, 0.0), since) > OVERDUE_PERIODS * every]

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from pushline import celery_client
@@ -232,4 +233,34 @@ def test_replay_and_prune_run_as_tasks(celery_settings, db, tmp_path):
                  what="the prune task")
         assert query(db, "SELECT count(*) FROM conversations") == [(1,)]  # derived rows stay
     finally:
+        worker.stop()
+
+
+def test_a_batch_past_the_hard_time_limit_loses_its_process_and_no_event(celery_settings, db, tmp_path):
+    """Soft and hard limits sit below the lease (8 s here: 4 s and 6 s). A batch stuck
+    on a lock past the hard limit loses its pool process; Celery replaces it and
+    delivers the message again, which gives the batch back to be tried item by item."""
+    settings = make_settings(celery_settings.database_url, celery_settings.redis_url,
+                             PUSHLINE_QUEUE_PREFIX=celery_settings.queue_prefix, PUSHLINE_LEASE_SECONDS="8")
+    queue = queue_of(settings)
+    worker = start_worker(settings, tmp_path, name="limits", PUSHLINE_LEASE_SECONDS="8")
+    blocker = psycopg2.connect(settings.database_url)
+    try:
+        with blocker.cursor() as cur:  # held past the hard limit, shorter than the worker's lock_timeout
+            cur.execute("LOCK TABLE operator_sessions IN ACCESS EXCLUSIVE MODE")
+        enqueue(queue, *sessions(3, 9600))
+        wait_for(lambda: "Hard time limit (6.0s) exceeded" in worker.output(), timeout=20,
+                 what="the hard time limit")
+        blocker.rollback()
+        # Given back at once, not after its lease (8 s) and a sweep: no beat runs here, and
+        # the workers' own sweep would only come 30 s after their start.
+        wait_for(lambda: len(stored(db, 9600, 9602)) == 6, timeout=8, what="the events after the limit")
+        assert {(d, s) for _, d, s in stored(db, 9600, 9602)} == {(1, "processed")}
+        assert query(db, "SELECT count(*) FROM operator_sessions WHERE operator_id BETWEEN 9600 AND 9602"
+                         " AND duration_seconds = 3600") == [(3,)]
+        assert "lost its pool process; its items are retried one at a time" in worker.output()
+        assert worker.popen.poll() is None  # the worker lives on with a new pool process
+        assert queue.claimed() == 0 and queue.redis.llen(queue.suspect) == 0
+    finally:
+        blocker.close()
         worker.stop()

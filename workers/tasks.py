@@ -18,9 +18,11 @@ import threading
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
 
+from pushline import redis_client
 from pushline.config import Settings
-from pushline.queue import Batch
+from pushline.queue import Batch, EventQueue
 from workers import housekeeping
 from workers.consumer import Consumer, LeaseKeeper, Outcome, Transient
 from workers.dispatch import done_key
@@ -61,15 +63,26 @@ class PushlineTask(Task):
             local.pid = os.getpid()
         return local.consumer
 
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        # Called in the worker's main process when the hard time limit ended the
+        # pool process (Celery then acknowledges the message): the batch need not
+        # wait for its lease to come back.
+        if isinstance(exc, TimeLimitExceeded) and self.name == "pushline.store_batch" and len(args) == 3:
+            _give_back_after_hard_limit(self.settings, args[0], args[2], task_id)
+
 
 _local = threading.local()
 
 
 def _report(consumer: Consumer, dispatcher: str, batch_id: str, outcome: str, events: int) -> None:
     """Tell the dispatcher that sent the batch how it went (it frees a place in flight)."""
-    key = done_key(consumer.settings.queue_prefix, dispatcher)
+    _report_to(consumer.queue, dispatcher, batch_id, outcome, events)
+
+
+def _report_to(queue: EventQueue, dispatcher: str, batch_id: str, outcome: str, events: int) -> None:
+    key = done_key(queue.prefix, dispatcher)
     with contextlib.suppress(redis.RedisError):  # the dispatcher also reads the leases themselves
-        pipe = consumer.queue.redis.pipeline(transaction=False)
+        pipe = queue.redis.pipeline(transaction=False)
         pipe.rpush(key, f"{batch_id}\t{outcome}\t{events}")
         pipe.expire(key, DONE_TTL)
         pipe.execute()
@@ -79,9 +92,11 @@ def _report(consumer: Consumer, dispatcher: str, batch_id: str, outcome: str, ev
 def store_batch(self: PushlineTask, batch_id: str, kind: str, dispatcher: str) -> dict:
     """Process one claimed batch of the reliable queue, named by its id."""
     consumer = self.consumer
+    owner = self.request.id or "eager"
+    if (self.request.delivery_info or {}).get("redelivered"):
+        return _after_worker_lost(consumer, dispatcher, batch_id, owner)
     try:
         items = consumer.queue.items(batch_id)
-        owner = self.request.id or "eager"
         outcome = consumer.process(Batch(batch_id, items), kind, owner) if items else Outcome.LOST
     except Transient as exc:
         # The batch stays ours: keep its lease beyond the retry's longest countdown.
@@ -97,6 +112,40 @@ def store_batch(self: PushlineTask, batch_id: str, kind: str, dispatcher: str) -
             consumer.stats.count("tasks_without_lease")
     _report(consumer, dispatcher, batch_id, outcome, len(items) if outcome == Outcome.STORED else 0)
     return {"outcome": outcome, "items": len(items)}
+
+
+def _after_worker_lost(consumer: Consumer, dispatcher: str, batch_id: str, owner: str) -> dict:
+    """The message comes again because the pool process that had it ended (the
+    hard time limit, the OOM killer...), perhaps in the middle of the batch. As
+    the sweep does for a dead worker's batch: its items go to the suspects with
+    a strike, to be tried one at a time, so that an event that kills every
+    process it meets ends stored `rejected` instead of coming back forever."""
+    try:
+        ours = consumer.queue.start(batch_id, owner)
+    except redis.RedisError:
+        ours = False  # its lease returns it
+    if ours:
+        consumer.give_back(Batch(batch_id, []), strike=True)
+        log.warning("batch %s: the pool process working on it ended; its items are retried one at a time",
+                    batch_id)
+    _report(consumer, dispatcher, batch_id, Outcome.GIVEN_BACK, 0)
+    return {"outcome": Outcome.GIVEN_BACK if ours else Outcome.LOST, "items": 0}
+
+
+def _give_back_after_hard_limit(settings: Settings, batch_id: str, dispatcher: str, owner: str) -> None:
+    """Its items go to the suspects with a strike, as a dead worker's would."""
+    client = redis_client.client(settings.redis_url, "worker")
+    try:
+        queue = EventQueue(client, settings.queue_prefix, settings.lease_seconds)
+        if queue.start(batch_id, owner):
+            queue.release(Batch(batch_id, []), strike=True)
+            log.warning("batch %s: its task passed the hard time limit and lost its pool process; its items are"
+                        " retried one at a time", batch_id)
+        _report_to(queue, dispatcher, batch_id, Outcome.GIVEN_BACK, 0)
+    except redis.RedisError as exc:
+        log.warning("batch %s: not given back after the hard time limit (%s); its lease returns it", batch_id, exc)
+    finally:
+        client.close()
 
 
 # -- housekeeping, scheduled by beat (workers.celery_app) ----------------------

@@ -56,7 +56,7 @@ def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | 
         for item in incoming:
             item.reject(reject)
     oldest = min((i.received_at for i in incoming), default=None)
-    counts, unstorable = _store(conn, group_by_key(incoming))
+    counts, unstorable = _in_one_transaction(conn, group_by_key(incoming))
     if unstorable:
         raw_by_receipt = {item.receipt_id: raw for raw, item in pairs}
         for group, reason in unstorable:
@@ -64,7 +64,7 @@ def process_items(conn, items: list[bytes], registry: Registry, tz: dt.tzinfo | 
     return BatchResult(counts, oldest, dead)
 
 
-def _store(conn, groups: dict[str, list[Incoming]]) -> tuple[Counter, list[tuple[list[Incoming], str]]]:
+def _in_one_transaction(conn, groups: dict[str, list[Incoming]]) -> tuple[Counter, list[tuple[list[Incoming], str]]]:
     if not groups:
         return Counter(), []
     try:

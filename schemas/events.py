@@ -72,14 +72,15 @@ class Event:
     parameters: dict[str, Any]
 
 
-def _flatten(messages: Any, path: str = "") -> list[str]:
+def flatten_messages(messages: Any, path: str = "") -> list[str]:
+    """marshmallow's nested messages as `field.path: message` lines."""
     if isinstance(messages, dict):
         out = []
         for key, value in messages.items():
             if key == "_schema":  # marshmallow's name for "the object itself"
-                out += _flatten(value, path or "body")
+                out += flatten_messages(value, path or "body")
             else:
-                out += _flatten(value, f"{path}.{key}" if path else str(key))
+                out += flatten_messages(value, f"{path}.{key}" if path else str(key))
         return out
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         return [f"{path}: {' '.join(messages)}"]
@@ -113,7 +114,7 @@ def load_event(schema: Schema, body: dict[str, Any]) -> Event:
     try:
         data = schema.load(body)
     except ValidationError as exc:
-        raise ValidationError("; ".join(sorted(_flatten(exc.messages)))) from None
+        raise ValidationError("; ".join(sorted(flatten_messages(exc.messages)))) from None
     created, sent = data["datetime"]["created"], data["datetime"]["sent"]
     bad = [f"datetime.{name}: {OUT_OF_RANGE}" for name, value in (("created", created), ("sent", sent))
            if not in_utc_range(value)]

@@ -74,6 +74,11 @@ def localize(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     return _earlier_offset_wins(first, first.replace(fold=1), tz)
 
 
+def localize_naive(naive: dt.datetime) -> dt.datetime:
+    """A naive time in PUSH_TIMEZONE (the zone the loading context set)."""
+    return localize(naive, _timezone.get())
+
+
 def parse_push_datetime(value: object) -> dt.datetime:
     """iAdvize's `YYYY-MM-DD HH:MM:SS` (in PUSH_TIMEZONE, see localize), or ISO 8601 with an offset."""
     if not isinstance(value, str):

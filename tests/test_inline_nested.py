@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from marshmallow import Schema, ValidationError, fields, pre_load
 
 from schemas import EVENT_SCHEMAS
-from schemas.events import _Base, _flatten
+from schemas.events import _Base
+from schemas.events import flatten_messages as _flatten
 from schemas.fields import InlineNested
 from tests.conftest import examples
 

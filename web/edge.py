@@ -1,7 +1,8 @@
 """The checks a push passes before it is queued: pure functions over bytes.
 
 Field-level validation is the workers' job; here we only make sure that what
-we queue is one storable JSON object with a string `name`.
+we queue is one storable JSON object with a string `name` (the Push API) or a
+string `eventType` (today's webhooks).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _check_string(text: str) -> None:
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object with a string `name`, or BadBody."""
+    """The body as a JSON object with a string `name` or `eventType`, or BadBody."""
     if not body:
         raise BadBody("body is empty: expected one JSON object")
     try:
@@ -85,8 +86,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
     # bodies are proven shallow by two C-speed counts, without a walk.
     if exact or escapes or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         _check_tree(obj, check_strings=escapes)
-    if not isinstance(obj.get("name"), str):
-        raise BadBody("body has no string 'name'")
+    if not isinstance(obj.get("name"), str) and not isinstance(obj.get("eventType"), str):
+        raise BadBody("body has neither a string 'name' (Push API) nor a string 'eventType' (webhook)")
     return obj
 
 

@@ -79,7 +79,8 @@ def push(token: str | None):
     if source is None:
         raise PushError(401, "missing or invalid push token")
     if not is_json_content_type(headers.get("Content-Type")):
-        raise PushError(415, "Content-Type must be application/json (XML is not supported)")
+        raise PushError(415, "Content-Type must be application/json: XML and form-encoded bodies are not"
+                             " supported; choose JSON in the webhook's settings")
     body = _read_body(req, settings.max_body_bytes)
     secret = settings.signing_secrets.get(source)
     if secret is not None and not _signed(body, secret, headers.get("X-iAdvize-Signature")):

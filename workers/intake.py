@@ -20,6 +20,7 @@ from pushline.identity import event_key
 from pushline.jsonvalues import dumps_exact, loads_exact, needs_exact
 from schemas import load_event, peek_datetime
 from schemas.events import Event
+from schemas.webhooks import is_webhook, load_webhook, peek_webhook_time
 from workers.registry import Handler, Registry
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,20 @@ class Incoming:
 
     def __post_init__(self) -> None:
         source = self.event
+        webhook = is_webhook(self.body)
         if self.created_at is None:
-            self.created_at = source.created if source else peek_datetime(self._dict(), "created")
+            self.created_at = source.created if source else (
+                peek_webhook_time(self.body, "createdAt") if webhook else peek_datetime(self._dict(), "created"))
         if self.sent_at is None:
-            self.sent_at = source.sent if source else peek_datetime(self._dict(), "sent")
+            self.sent_at = source.sent if source else (
+                peek_webhook_time(self.body, "sentAt") if webhook else peek_datetime(self._dict(), "sent"))
 
     @property
     def name(self) -> str:
-        name = self.body.get("name") if isinstance(self.body, dict) else None
+        """`name` (Push API) or `eventType` (webhooks): events.name."""
+        if not isinstance(self.body, dict):
+            return "?"
+        name = self.body.get("eventType") if is_webhook(self.body) else self.body.get("name")
         return name if isinstance(name, str) else "?"
 
     def _dict(self) -> dict:
@@ -71,13 +78,21 @@ class Incoming:
 
 
 def classify(body: Any, registry: Registry) -> tuple[str, str | None, Event | None, Handler | None]:
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        return "rejected", "name: missing or not a string", None, None
-    handler = registry.get(body["name"])
+    webhook = is_webhook(body)
+    if webhook:
+        if not isinstance(body.get("eventId"), str):
+            # Its identity is then its content (pushline.identity); it cannot be told from a retry.
+            return "rejected", "eventId: missing or not a string", None, None
+        name, field, load = body["eventType"], "eventType", load_webhook
+    elif isinstance(body, dict) and isinstance(body.get("name"), str):
+        name, field, load = body["name"], "name", load_event
+    else:
+        return "rejected", "name: missing or not a string (nor eventType)", None, None
+    handler = registry.get(name, webhook=webhook)
     if handler is None:
-        return "unhandled", f"name: no handler for event {body['name']!r}", None, None
+        return "unhandled", f"{field}: no handler for event {name!r}", None, None
     try:
-        event = load_event(handler.schema, body)
+        event = load(handler.schema, body)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
         return "rejected", "; ".join(map(str, messages)), None, None

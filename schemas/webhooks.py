@@ -1,0 +1,138 @@
+"""Today's iAdvize webhooks: flat camelCase bodies told apart by `eventType`.
+
+Errors name the fields as iAdvize spells them (`conversationId`,
+`operatorIds`...). A loaded webhook is an `Event` like a Push API one: its
+name is the `eventType`, its times `createdAt` and `sentAt`, and its
+`parameters` the loaded fields under snake_case names (`event_id`,
+`conversation_id`, `operator_ids`, `availabilities` as a list of
+`{"channel", "status"}`...). Fields iAdvize may add are ignored here and kept
+in the stored payload. Channels and statuses are open strings: iAdvize
+serves channels it has not documented.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from schemas.events import OUT_OF_RANGE, Event, flatten_messages, in_utc_range
+from schemas.fields import Id, InlineNested, localize_naive
+
+HANDLED = ("v2.conversation.pushed", "v2.conversation.closed", "user.connected", "user.disconnected",
+           "user.availability.updated", "satisfaction.answered")
+
+
+def is_webhook(body: Any) -> bool:
+    """A body is a webhook when it has a string `eventType` and no string `name`
+    (the Push API's envelope); the edge and the workers tell them apart alike."""
+    return isinstance(body, dict) and isinstance(body.get("eventType"), str) and not isinstance(body.get("name"), str)
+
+
+def parse_iso(value: object) -> dt.datetime:
+    """ISO 8601: with `Z` or an offset as given; without one, in PUSH_TIMEZONE."""
+    if not isinstance(value, str):
+        raise ValidationError("Not a datetime string.")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("Not an ISO 8601 datetime.") from None
+    return parsed if parsed.tzinfo is not None else localize_naive(parsed)
+
+
+class IsoDateTime(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        return parse_iso(value)
+
+
+class Text(fields.String):
+    """A non-empty string."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.Length(min=1, max=1000), **kwargs)
+
+
+class _Base(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    event_id = fields.String(data_key="eventId", required=True, validate=validate.Length(min=1, max=200))
+    event_type = fields.String(data_key="eventType", required=True)
+    created_at = IsoDateTime(data_key="createdAt", required=True)
+    sent_at = IsoDateTime(data_key="sentAt", required=True)
+
+
+class _Conversation(_Base):
+    conversation_id = Text(data_key="conversationId", required=True)
+    client_id = Id(data_key="clientId", required=True)
+    project_id = Id(data_key="projectId", required=True)
+    channel = Text(data_key="channel", required=True)
+    visitor_id = fields.String(data_key="visitorId", load_default=None, allow_none=True)
+
+
+class ConversationPushed(_Conversation):
+    operator_id = Id(data_key="operatorId", required=True)
+
+
+class ConversationClosed(_Conversation):
+    operator_ids = fields.List(Id(), data_key="operatorIds", required=True)
+
+
+class UserConnection(_Base):
+    user_id = Id(data_key="userId", required=True)
+
+
+class Availability(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    channel = Text(required=True)
+    status = Text(required=True)
+
+
+class AvailabilityUpdated(_Base):
+    user_id = Id(data_key="userId", required=True)
+    availabilities = fields.List(InlineNested(Availability), required=True)
+
+
+class SatisfactionAnswered(_Base):
+    conversation_id = Text(data_key="conversationId", required=True)
+    project_id = Id(data_key="projectId", load_default=None, allow_none=True)
+    customer_satisfaction = Id(data_key="customerSatisfaction", load_default=None)
+    net_promoter_score = Id(data_key="netPromoterScore", load_default=None, validate=validate.Range(0, 10))
+    satisfaction_comment = fields.String(data_key="satisfactionComment", load_default=None)
+    custom_question = fields.Boolean(data_key="customQuestion", load_default=None, allow_none=True)
+
+
+WEBHOOK_SCHEMAS: dict[str, Schema] = {
+    "v2.conversation.pushed": ConversationPushed(),
+    "v2.conversation.closed": ConversationClosed(),
+    "user.connected": UserConnection(),
+    "user.disconnected": UserConnection(),
+    "user.availability.updated": AvailabilityUpdated(),
+    "satisfaction.answered": SatisfactionAnswered(),
+}
+
+
+def load_webhook(schema: Schema, body: dict[str, Any]) -> Event:
+    """Typed event, or ValidationError whose message names each bad field as iAdvize spells it."""
+    try:
+        data = schema.load(body)
+    except ValidationError as exc:
+        raise ValidationError("; ".join(sorted(flatten_messages(exc.messages)))) from None
+    created, sent = data.pop("created_at"), data.pop("sent_at")
+    bad = [f"{name}: {OUT_OF_RANGE}" for name, value in (("createdAt", created), ("sentAt", sent))
+           if not in_utc_range(value)]
+    if bad:
+        raise ValidationError("; ".join(bad))
+    return Event(data.pop("event_type"), created, sent, data)
+
+
+def peek_webhook_time(body: dict[str, Any], which: str) -> dt.datetime | None:
+    """Best-effort `createdAt`/`sentAt` of a webhook that did not load."""
+    try:
+        value = parse_iso(body.get(which))
+    except (ValidationError, ValueError, OverflowError):
+        return None
+    return value if in_utc_range(value) else None

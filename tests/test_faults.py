@@ -29,7 +29,7 @@ from pushline import devstack
 from pushline.db import migrate
 from tests import http_client as http
 from tests import oracle
-from tests.conftest import TABLES, TOKEN, free_port, make_settings, start_web, start_worker, wait_for
+from tests.conftest import TABLES, TOKEN, free_port, make_settings, start_beat, start_web, start_worker, wait_for
 from tests.helpers import conversation, login, logout
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
@@ -215,14 +215,16 @@ def metric(base: str, name: str) -> float | None:
 
 @pytest.fixture
 def case(stack, tmp_path, request):
-    """Fresh tables and queue, a web tier and one worker on the stack."""
+    """Fresh tables and queue, a web tier, one worker and beat on the stack."""
     stack.sql(f"TRUNCATE {TABLES} RESTART IDENTITY")
     redis.Redis.from_url(stack.redis_url).flushdb()
     settings = make_settings(stack.database_url, stack.redis_url, PUSHLINE_QUEUE_PREFIX=PREFIX)
     web, base = start_web(settings, tmp_path)
     ctx = {"settings": settings, "web": web, "base": base, "url": f"{base}/push/{TOKEN}", "tmp": tmp_path,
-           "workers": [start_worker(settings, tmp_path, name="f0", PUSHLINE_LEASE_SECONDS=LEASE)]}
+           "workers": [start_worker(settings, tmp_path, name="f0", PUSHLINE_LEASE_SECONDS=LEASE)],
+           "beat": start_beat(settings, tmp_path, PUSHLINE_LEASE_SECONDS=LEASE)}
     yield ctx
+    ctx["beat"].stop()
     web.stop()
     for w in ctx["workers"]:
         w.stop()
@@ -372,7 +374,7 @@ def test_worker_paused_past_its_lease_changes_nothing(stack, case):
     sender.start()
     time.sleep(2)
     for _attempt in range(10):
-        with paused(victim.pid):
+        with paused(victim.pid, with_children=True):  # its dispatcher and its pool processes
             paused_at = time.monotonic()
             # Leases are extended every 2.5 s: one frozen for 3 s is the paused worker's.
             first = held_batches(client)
@@ -395,7 +397,7 @@ def test_redis_at_maxmemory_spools_while_workers_drain(stack, case):
     worker = case["workers"][0]
     wait_for(lambda: " ready." in worker.output(), what="the worker's Celery consumer to be ready")
     sender = Sender(case["url"], numbered(1500), rate=60)  # 25 s: still pushing through the window
-    with paused(worker.pid) as resume_worker:
+    with paused(worker.pid, with_children=True) as resume_worker:
         sender.start()
         wait_for(lambda: client.llen(f"{PREFIX}:incoming") >= 250, timeout=20, what="a backlog in the queue")
         with redis_full(client):
@@ -524,7 +526,7 @@ def test_worker_sigterm_finishes_or_returns_its_batch(stack, case):
     started = time.monotonic()
     assert worker.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 15
-    assert "drain loop stopped" in worker.output()
+    assert "dispatcher stopped" in worker.output()
     queue = redis.Redis.from_url(stack.redis_url)
     assert queue.zcard(f"{PREFIX}:leases") == 0  # nothing left under a lease: acked or given back
     add_worker(case, "f2")

@@ -310,10 +310,10 @@ class Heartbeat(threading.Thread):
         d = self.dispatcher
         looped = time.monotonic() - d.loop_beat
         if looped > self.stall_seconds:
-            die(f"dispatcher stuck for {looped:.0f}s while {d.phase}")
+            die(f"no progress: the dispatcher stuck for {looped:.0f}s while {d.phase}")
         idle = time.time() - d.last_progress
         if d.in_flight and idle > self.stall_seconds:
-            die(f"no batch finished for {idle:.0f}s with {len(d.in_flight)} in flight ({d.phase})")
+            die(f"no progress: no batch finished for {idle:.0f}s with {len(d.in_flight)} in flight ({d.phase})")
 
     def publish(self) -> None:
         if self._client is None:

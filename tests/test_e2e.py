@@ -203,3 +203,40 @@ def test_the_access_log_is_off_by_default(settings, tmp_path):
     text = web.output()
     assert '"gunicorn.error"' in text  # the process did log (its start and stop)
     assert "gunicorn.access" not in text and "POST /push" not in text
+
+
+def test_a_signed_webhook_through_gunicorn_with_headers_in_any_case(settings, tmp_path):
+    """iAdvize signs with the token the app shows; header names have changed case over the years."""
+    import hashlib
+    import hmac
+
+    from tests.conftest import start_web
+
+    app_token = "the-token-iadvize-shows-in-the-app"
+    web, base = start_web(settings, tmp_path, PUSH_SIGNING_SECRETS=f"default:{app_token}")
+    body = (b'{"eventId": "6f0c2a4e-8d0b-4f0e-9a51-2c7de1f0b001", "eventType": "v2.conversation.pushed",'
+            b' "platform": "ha", "projectId": 12, "clientId": 340,'
+            b' "conversationId": "a3b1c9d0-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "operatorId": 4411, "channel": "CHAT",'
+            b' "createdAt": "2024-03-05T09:12:44.120Z", "sentAt": "2024-03-05T09:12:44.410Z"}')
+    good = "sha256=" + hmac.new(app_token.encode(), body, hashlib.sha256).hexdigest()
+
+    def send(headers: dict, data: bytes = body) -> tuple[int, dict]:
+        parts = urlsplit(base)
+        conn = httplib.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("POST", f"/push/{TOKEN}", body=data, headers=headers)
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read())
+        conn.close()
+        return out
+
+    try:
+        for name in ("x-iadvize-signature", "X-iAdvize-Signature", "X-IADVIZE-SIGNATURE"):
+            assert send({"Content-Type": "application/json", name: good})[0] == 202
+        status, reply = send({"Content-Type": "application/json", "x-iadvize-signature": good.replace("a", "b")})
+        assert status == 401 and "Signature" in reply["error"]
+        assert send({"Content-Type": "application/json"})[0] == 401
+        status, reply = send({"Content-Type": "application/x-www-form-urlencoded", "x-iadvize-signature": good},
+                             b"eventType=v2.conversation.pushed&eventId=1")
+        assert status == 415 and "choose JSON" in reply["error"]
+    finally:
+        web.stop()

@@ -280,12 +280,12 @@ class Bench:
         pipe.execute()
         return (self.redis.info("memory")["used_memory"] - before) / len(bodies)
 
-    def workers(self, label: str, workers: int, concurrency: int = 1, pool: str = "prefork") -> list[Proc]:
-        """`workers` processes `pushline worker -c concurrency -P pool`, each its own node."""
+    def workers(self, label: str, count: int, concurrency: int = 1, pool: str = "prefork") -> list[Proc]:
+        """`count` processes `pushline worker -c concurrency -P pool`, each its own node."""
         return [Proc(f"worker-{label}-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name",
                                              f"{label}-{i}@bench", "-c", str(concurrency), "-P", pool],
                      {**self.proc_env, "LOG_LEVEL": "INFO"})
-                for i in range(workers)]
+                for i in range(count)]
 
     def drain(self, label: str, bodies: list[bytes], workers: int, concurrency: int = 1,
               pool: str = "prefork") -> dict:
@@ -438,11 +438,11 @@ class Bench:
                 "p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 1)}
 
 
-# The drain's runs: key in results.json -> (row label, what it runs).
+# The drain's runs, in their first round's order: key in results.json -> row label.
 DRAIN_RUNS = {
     "textbook_1": "textbook, 1 process (task + commit per event)",
     "textbook_2": "textbook, 2 processes",
-    "batch_1": "batch baseline, 1 process (task + commit per 500)",
+    "batch_1": "batch baseline, 1 process (task + commit per batch)",
     "batch_2": "batch baseline, 2 processes",
     "drain_1": "Pushline, 1 worker (-c 1)",
     "drain_2": "Pushline, 2 workers (-c 1 each)",
@@ -567,6 +567,8 @@ def print_table(r: dict) -> None:
         note = f"{d['events']:,} events"
         if "seconds" in d:
             note += f" in {d['seconds']} s"
+        if "batch" in d:
+            note += f", {d['batch']} a task"
         if "worker_peak_rss_mb" in d:
             note += f"; peak RSS {d['worker_peak_rss_mb']} MB per process"
         rows.append((f"drain: {label}", f"{d['events_per_s']} ev/s", note))

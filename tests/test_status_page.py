@@ -88,3 +88,26 @@ def test_status_json_shows_a_stall_the_spool_and_dead_letters(settings, db, rq):
     query(db, "INSERT INTO spool (item, spooled_at) VALUES ('x', now() - interval '400 seconds') RETURNING id")
     data = client.get("/status.json").get_json()
     assert 400 <= data["oldest_pending_seconds"] < 410 and data["oldest_pending_includes_spool"]
+
+
+def test_status_json_shows_both_formats(settings, db, rq):
+    from tests.helpers import closed, drain, enqueue, pushed
+    from workers.consumer import Consumer
+    from workers.handlers import registry_with_handlers
+
+    loop = Consumer(settings, registry_with_handlers(), name="status-formats")
+    cid = "8f7d2c1e-0000-4000-8000-000000000001"
+    enqueue(loop.queue, conversation("start", 1, "2014-01-01 09:00:00", type_="call"),
+            conversation("start", 2, "2014-01-01 10:00:00", type_="call"), login(1, "2014-01-01 09:00:00"),
+            pushed(cid, 7, "2024-03-05T09:00:00Z", channel="WHATSAPP"), pushed(cid, 8, "2024-03-05T09:05:00Z",
+                                                                            channel="WHATSAPP"),
+            closed(cid, [7, 8], "2024-03-05T09:30:00Z", channel="WHATSAPP"))
+    drain(loop)
+    loop.close()
+    data = create_app(settings).test_client().get("/status.json").get_json()
+    per_minute = {(r["name"], r["format"]): r["events"] for r in data["events_per_minute"]}
+    assert per_minute == {("conversation.start", "push-api"): 2, ("operator.login", "push-api"): 1,
+                          ("v2.conversation.pushed", "webhook"): 2, ("v2.conversation.closed", "webhook"): 1}
+    assert data["conversations_per_day"] == [
+        {"day": "2014-01-01", "format": "push-api", "type": "call", "series": "call", "conversations": 2},
+        {"day": "2024-03-05", "format": "webhook", "channel": "WHATSAPP", "series": "WHATSAPP", "conversations": 1}]

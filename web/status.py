@@ -19,15 +19,27 @@ SELECT (SELECT count(*) FROM events WHERE received_at > now() - interval '1 minu
 _REASONS = """
 SELECT name, error, received_at FROM events WHERE status = 'rejected' ORDER BY received_at DESC LIMIT 5
 """
+# Both formats on one URL: a webhook is a body with a string eventType and no string name.
 _PER_MINUTE = """
-SELECT to_char(date_trunc('minute', received_at), 'HH24:MI'), name, count(*)
+SELECT to_char(date_trunc('minute', received_at), 'HH24:MI'), name,
+       CASE WHEN jsonb_typeof(payload->'eventType') = 'string'
+                 AND jsonb_typeof(payload->'name') IS DISTINCT FROM 'string' THEN 'webhook'
+            ELSE 'push-api' END,
+       count(*)
 FROM events WHERE received_at > now() - interval '30 minutes'
-GROUP BY 1, 2 ORDER BY 1
+GROUP BY 1, 2, 3 ORDER BY 1, 2
 """
+# Conversations per day: the Push API's by type (chat, call, video), the
+# webhooks' by channel (CHAT, CALL, FACEBOOK...), each over its latest 30 days with data.
 _PER_DAY = """
-SELECT day::text, type, sum(conversations)::bigint FROM conversation_daily
-WHERE day > (SELECT max(day) FROM conversation_daily) - 30  -- the latest 30 days with data
-GROUP BY 1, 2 ORDER BY 1
+SELECT day::text, 'push-api', type, sum(conversations)::bigint FROM conversation_daily
+WHERE day > (SELECT max(day) FROM conversation_daily) - 30
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT day::text, 'webhook', channel, sum(conversations)::bigint FROM conversation_v2_daily
+WHERE day > (SELECT max(day) FROM conversation_v2_daily) - 30
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
 """
 
 
@@ -46,8 +58,10 @@ def figures():
     try:
         rate, rejected = services.status_query(_FIGURES)[0]
         reasons = [{"name": n, "error": e, "received_at": r.isoformat()} for n, e, r in services.status_query(_REASONS)]
-        per_minute = [{"minute": m, "name": n, "events": c} for m, n, c in services.status_query(_PER_MINUTE)]
-        per_day = [{"day": d, "type": t, "conversations": c} for d, t, c in services.status_query(_PER_DAY)]
+        per_minute = [{"minute": m, "name": n, "format": f, "events": c}
+                      for m, n, f, c in services.status_query(_PER_MINUTE)]
+        per_day = [{"day": d, "format": f, "type" if f == "push-api" else "channel": kind, "series": kind,
+                    "conversations": c} for d, f, kind, c in services.status_query(_PER_DAY)]
         spool_oldest, spool_known = services.status_query(SPOOL_OLDEST)[0][0], True
         out.update(database="up", ingest_per_second=round(float(rate), 2), rejected=rejected,
                    latest_rejections=reasons, events_per_minute=per_minute, conversations_per_day=per_day)

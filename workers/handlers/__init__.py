@@ -1,6 +1,6 @@
 """Event handlers; importing this package registers them all."""
 
-from workers.handlers import conversations, operators  # noqa: F401
+from workers.handlers import conversations, operators, webhooks  # noqa: F401
 from workers.registry import Registry, registry
 
 

@@ -268,3 +268,26 @@ def pytest_terminal_summary(terminalreporter):
                 f" slowest push answer {'-' if slowest is None else f'{slowest:.2f} s'}")
         for note in REPORT_NOTES:
             terminalreporter.write_line(note)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Last check of the run: no push token in any log a process of the suite wrote
+    (gunicorn, Flask, Celery and Pushline's own, error paths included). The token
+    is in the URL path, so every log line that names a URL must have redacted it."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(factory, "_basetemp", None) is None:
+        return
+    leaks = []
+    for path in sorted(factory.getbasetemp().rglob("*.log")):
+        text = path.read_text(errors="replace")
+        for token in (TOKEN, PARIS_TOKEN):
+            if token in text:
+                line = next(ln for ln in text.splitlines() if token in ln)
+                leaks.append(f"{path}: {line[:300]}")
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.section("push token found in logs", red=True)
+            for leak in leaks:
+                reporter.write_line(leak)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

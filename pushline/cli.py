@@ -79,7 +79,12 @@ def cmd_web(args) -> int:
         print(f"pushline: {exc}", file=sys.stderr)
         return 2
     bind = args.bind or f"0.0.0.0:{settings.port}"
-    argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn.conf.py"), "--bind", bind, "web.wsgi:app"]
+    argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn.conf.py"), "--bind", bind]
+    if settings.internal_port is not None:
+        # The figures' listener, on the same interface as the push one (0.0.0.0 in a
+        # container, reached by Prometheus on the internal network; never published).
+        argv += ["--bind", f"{bind.rsplit(':', 1)[0]}:{settings.internal_port}"]
+    argv.append("web.wsgi:app")
     _exec(argv)
 
 

@@ -23,6 +23,7 @@ DEFAULTS = {
     "MAX_BODY_BYTES": "65536",
     "QUEUE_HIGH_WATER": "1000000",
     "PORT": "8000",
+    "INTERNAL_PORT": "",  # set: /metrics and /status only there, never on PORT
     "PUSHLINE_QUEUE_PREFIX": "pushline",
     "PUSHLINE_BATCH_SIZE": "500",
     "PUSHLINE_BATCH_WAIT_MS": "20",
@@ -98,6 +99,7 @@ class Settings:
     log_level: str
     worker_stall_seconds: int = 120
     worker_concurrency: int = 0
+    internal_port: int | None = None
     worker_pool: str = "prefork"
     retention_days: int = 0
 
@@ -140,6 +142,8 @@ class Settings:
             max_body_bytes=integer("MAX_BODY_BYTES"),
             queue_high_water=integer("QUEUE_HIGH_WATER"),
             port=integer("PORT"),
+            internal_port=(integer("INTERNAL_PORT", minimum=1, maximum=65535)
+                           if merged["INTERNAL_PORT"].strip() else None),
             queue_prefix=merged["PUSHLINE_QUEUE_PREFIX"].strip() or "pushline",
             batch_size=integer("PUSHLINE_BATCH_SIZE", maximum=5000),  # a batch is one transaction
             batch_wait_ms=integer("PUSHLINE_BATCH_WAIT_MS", minimum=0),

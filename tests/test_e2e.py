@@ -240,3 +240,21 @@ def test_a_signed_webhook_through_gunicorn_with_headers_in_any_case(settings, tm
         assert status == 415 and "choose JSON" in reply["error"]
     finally:
         web.stop()
+
+
+def test_internal_port_through_gunicorn(settings, tmp_path):
+    """Two real listeners: the figures on INTERNAL_PORT only, pushes on PORT only."""
+    from tests.conftest import free_port, start_web
+
+    internal = free_port()
+    web, base = start_web(settings, tmp_path, INTERNAL_PORT=str(internal))
+    inside = f"http://127.0.0.1:{internal}"
+    try:
+        assert push(base, {"name": "x"}).status == 202
+        for path in ("/metrics", "/status.json"):
+            assert http.get(base + path).status == 404
+            assert http.get(inside + path).status == 200
+        assert b"pushline_pushes_total" in http.get(inside + "/metrics").body
+        assert http.get(base + "/healthz").status == http.get(inside + "/healthz").status == 200
+    finally:
+        web.stop()

@@ -194,3 +194,23 @@ def test_readyz_names_postgresql_when_it_is_down(redis_url):
 
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/nope"), 404, "not found")
+
+
+def test_with_internal_port_the_figures_are_served_there_and_never_on_the_push_port(settings, db, rq):
+    import dataclasses
+
+    from web import create_app
+
+    app = create_app(dataclasses.replace(settings, internal_port=9109))
+    client = app.test_client()
+    public, internal = "http://localhost:8000", "http://localhost:9109"  # SERVER_PORT: the listener's
+    for path in ("/metrics", "/status", "/status.json"):
+        assert client.get(path, base_url=public).status_code == 404, path
+        assert client.get(path, base_url=internal).status_code == 200, path
+    assert client.post(f"/push/{TOKEN}", json=LOGIN, base_url=public).status_code == 202
+    # Pushes only on the push port.
+    assert client.post(f"/push/{TOKEN}", json=LOGIN, base_url=internal).status_code == 404
+    for path in ("/healthz", "/readyz"):
+        assert client.get(path, base_url=public).status_code == client.get(path, base_url=internal).status_code == 200
+    # Unset, everything is on the one port, as before.
+    assert create_app(settings).test_client().get("/metrics").status_code == 200

@@ -4,6 +4,7 @@
   web       run the web tier (gunicorn) with settings from the environment
   worker    run one Celery worker (a prefork pool, -c N) with its own node name
   beat      run Celery beat, the housekeeping's clock (exactly one per deployment)
+  flower    run Flower behind a password (FLOWER_BASIC_AUTH=user:password)
   run       everything on one machine, with embedded servers if needed
   stats     queue depth, oldest pending age, dead letters, workers' progress, event counts
   health    exit 1 when events wait and this host's workers made no progress (for supervisors)
@@ -108,6 +109,19 @@ def cmd_beat(args) -> int:
             "--loglevel", settings.log_level]
     _export(settings)
     _exec(argv)
+
+
+def cmd_flower(args) -> int:
+    """Flower behind a password: its API can shut workers down, so it never runs open."""
+    settings = _settings("REDIS_URL")
+    credentials = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if not all(":" in pair and pair.split(":", 1)[0] and pair.split(":", 1)[1] for pair in credentials.split(",")):
+        print("pushline: flower needs FLOWER_BASIC_AUTH=user:password (Flower can shut workers down)",
+              file=sys.stderr)
+        return 2
+    _export(settings)
+    # Flower reads FLOWER_BASIC_AUTH itself: the password stays out of the process list.
+    _exec([str(BIN / "celery"), "-A", "workers.celery_app", "flower", f"--port={args.port}"])
 
 
 def _var_dir() -> Path:
@@ -277,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     beat = sub.add_parser("beat", help="run Celery beat (the housekeeping schedule; run exactly one)")
     beat.add_argument("--schedule", help="beat's schedule file (default var/celerybeat-schedule)")
     beat.set_defaults(func=cmd_beat)
+    flower = sub.add_parser("flower", help="run Flower (needs FLOWER_BASIC_AUTH=user:password)")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.set_defaults(func=cmd_flower)
     sub.add_parser("run", help="run everything locally").set_defaults(func=cmd_run)
     sub.add_parser("stats", help="queue and event statistics").set_defaults(func=cmd_stats)
     health = sub.add_parser("health", help="exit 1 when events wait and the worker(s) made no progress")

@@ -54,3 +54,43 @@ def test_settings_are_read_from_a_dot_env_file_and_the_environment_wins(tmp_path
     settings = Settings.from_env()
     assert [t.secret for t in settings.tokens] == ["fromfile-0123456789abcdef"]
     assert settings.timezone == "Europe/Paris" and settings.port == 9000
+
+
+def test_flower_refuses_to_start_without_a_password(settings):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, settings_env
+
+    env = settings_env(settings)
+    env.pop("FLOWER_BASIC_AUTH", None)
+    for value in (None, "", "admin", "admin:", ":secret"):
+        if value is not None:
+            env["FLOWER_BASIC_AUTH"] = value
+        out = subprocess.run([sys.executable, "-m", "pushline.cli", "flower"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "FLOWER_BASIC_AUTH=user:password" in out.stderr, (value, out.stderr)
+
+
+@pytest.mark.slow
+def test_flower_asks_for_the_password(settings, tmp_path):
+    import base64
+    import sys
+
+    from tests import http_client as http
+    from tests.conftest import Proc, free_port, settings_env, wait_for
+
+    port = free_port()
+    env = settings_env(settings, FLOWER_BASIC_AUTH="ops:s3cret")
+    flower = Proc([sys.executable, "-m", "pushline.cli", "flower", "--port", str(port)], env, tmp_path / "flower.log")
+    try:
+        url = f"http://127.0.0.1:{port}/api/workers"
+        wait_for(lambda: http.get(url).status in (401, 200) or flower.popen.poll() is not None, timeout=60,
+                 what="flower to answer")
+        assert http.get(url).status == 401
+        good = base64.b64encode(b"ops:s3cret").decode()
+        assert http.get(url, headers={"Authorization": f"Basic {good}"}).status == 200
+        wrong = base64.b64encode(b"ops:guess").decode()
+        assert http.get(url, headers={"Authorization": f"Basic {wrong}"}).status == 401
+    finally:
+        flower.stop()

@@ -110,7 +110,7 @@ def test_compose_services_start_what_the_makefile_starts(services):
         recipe = re.search(rf"^{sub}:.*\n((?:\t.*\n)+)", makefile, re.M)
         assert recipe, f"no `{sub}` target in the Makefile"
         assert f"-m pushline.cli {sub}" in recipe.group(1)
-    assert command(services["flower"])[:4] == ["celery", "-A", "workers.celery_app", "flower"]
+    assert command(services["flower"])[:4] == [*PUSHLINE, "flower"]
 
 
 def test_redis_keeps_what_it_took_aof_on_and_no_eviction(services):
@@ -172,11 +172,19 @@ def test_the_worker_service_can_be_scaled(services):
     assert seconds(worker["stop_grace_period"]) > 60
 
 
-def test_flower_watches_the_celery_app_on_5555(services):
+def test_flower_asks_for_a_password_and_is_not_published(services):
     flower = services["flower"]
-    assert flags(flower).get("--port") == "5555" or "--port=5555" in command(flower)
-    assert container_ports(flower) == {5555}
+    assert command(flower)[:4] == [*PUSHLINE, "flower"] and flags(flower).get("--port") == "5555"
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert container_ports(flower) == set() and flower["expose"] == ["5555"]  # its API can shut workers down
     assert conditions(flower) == {"redis": HEALTHY}
+
+
+def test_the_figures_are_on_the_internal_port_which_is_not_published(services):
+    web = services["web"]
+    internal = int(web["environment"]["INTERNAL_PORT"])
+    assert internal != int(web["environment"]["PORT"])
+    assert internal not in container_ports(web) and str(internal) in web["expose"]
 
 
 def test_a_worker_that_exits_is_started_again_and_reports_its_health(services):

@@ -64,9 +64,13 @@ def test_status_page_in_chromium_shows_live_figures(pipeline, db, tmp_path):
     assert taken.returncode == 0 and shot.stat().st_size > 10_000
 
 
-def test_status_json_shows_a_stall_the_spool_and_dead_letters(settings, db, rq):
+def test_status_json_shows_a_stall_the_spool_and_dead_letters(settings, db, rq, monkeypatch):
     """The oldest pending event counts the spool and the dead letters; a silent worker is flagged."""
     import time
+
+    from web import services
+
+    monkeypatch.setattr(services, "FIGURES_CACHE_SECONDS", 0.0)  # each request reads afresh
 
     from pushline.envelope import Envelope
     from pushline.queue import EventQueue
@@ -111,3 +115,22 @@ def test_status_json_shows_both_formats(settings, db, rq):
     assert data["conversations_per_day"] == [
         {"day": "2014-01-01", "format": "push-api", "type": "call", "series": "call", "conversations": 2},
         {"day": "2024-03-05", "format": "webhook", "channel": "WHATSAPP", "series": "WHATSAPP", "conversations": 1}]
+
+
+def test_status_figures_come_from_one_session_and_a_short_cache(settings, db, rq, monkeypatch):
+    from web import services
+
+    sql = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pushline-web-status'"
+           " AND datname = current_database()")
+    [(before,)] = query(db, sql)  # other tests' apps in this process keep theirs
+    app = create_app(settings)
+    client = app.test_client()
+    assert client.get("/status.json").get_json()["rejected"] == 0
+    db.cursor().execute("""INSERT INTO events (receipt_ids, event_key, source, name, received_at, payload, status,
+                                              error)
+                           VALUES (ARRAY['r1'], gen_random_uuid(), 'default', 'x', now(), '{}', 'rejected', 'x: bad')""")
+    assert client.get("/status.json").get_json()["rejected"] == 0  # within the cache period: not asked again
+    monkeypatch.setattr(services, "FIGURES_CACHE_SECONDS", 0.0)
+    assert client.get("/status.json").get_json()["rejected"] == 1
+    assert client.get("/metrics").status_code == 200
+    assert query(db, sql) == [(before + 1,)]  # every request of this app used the same one

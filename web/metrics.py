@@ -64,7 +64,7 @@ class ScrapeTimeCollector:
 
     def collect(self):
         try:
-            spool_oldest = services.status_query(SPOOL_OLDEST)[0][0]
+            spool_oldest = services.cached("spool_oldest", lambda: services.status_query(SPOOL_OLDEST)[0][0])
         except psycopg2.Error:
             spool_oldest = None
         try:

@@ -104,14 +104,37 @@ def database_answers() -> bool:
         session.close()
 
 
+# Figures read from PostgreSQL for /status.json and /metrics are this many seconds
+# old at most: a dashboard or several scrapers polling every second cost one
+# round of queries per process and period, not one per request.
+FIGURES_CACHE_SECONDS = 2.0
+
+
 def status_session() -> BoundedSession:
-    """One bounded PostgreSQL session per thread for /status.json and /metrics."""
-    mine = _mine()
-    conn = mine.get("status")
-    if conn is None or conn.closed:
-        conn = BoundedSession(settings().database_url, "pushline-web-status", io_seconds=2.0)
-        mine["status"] = conn
+    """One bounded PostgreSQL session per process for /status.json and /metrics
+    (statement timeout 2 s; it serves one statement at a time, so threads share it)."""
+    ext = current_app.extensions
+    with _STATUS_LOCK:
+        conn = ext.get("pushline.status")
+        if conn is None or conn.closed:
+            conn = BoundedSession(settings().database_url, "pushline-web-status", io_seconds=2.0)
+            ext["pushline.status"] = conn
     return conn
+
+
+_STATUS_LOCK = threading.Lock()
+
+
+def cached(name: str, compute):
+    """`compute()`, or its value from less than FIGURES_CACHE_SECONDS ago. Failures are not kept."""
+    cache = current_app.extensions.setdefault("pushline.figures", {})
+    hit = cache.get(name)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < FIGURES_CACHE_SECONDS:
+        return hit[1]
+    value = compute()
+    cache[name] = (now, value)
+    return value
 
 
 def status_query(sql: str, params=None) -> list[tuple]:
@@ -119,7 +142,7 @@ def status_query(sql: str, params=None) -> list[tuple]:
     try:
         return status_session().execute(sql, params).fetchall()
     except psycopg2.Error:
-        conn = _mine().pop("status", None)
+        conn = current_app.extensions.pop("pushline.status", None)
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

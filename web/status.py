@@ -43,6 +43,18 @@ ORDER BY 1, 2, 3
 """
 
 
+def _database_figures() -> dict:
+    rate, rejected = services.status_query(_FIGURES)[0]
+    reasons = [{"name": n, "error": e, "received_at": r.isoformat()} for n, e, r in services.status_query(_REASONS)]
+    per_minute = [{"minute": m, "name": n, "format": f, "events": c}
+                  for m, n, f, c in services.status_query(_PER_MINUTE)]
+    per_day = [{"day": d, "format": f, "type" if f == "push-api" else "channel": kind, "series": kind,
+                "conversations": c} for d, f, kind, c in services.status_query(_PER_DAY)]
+    return {"ingest_per_second": round(float(rate), 2), "rejected": rejected, "latest_rejections": reasons,
+            "events_per_minute": per_minute, "conversations_per_day": per_day,
+            "spool_oldest": services.status_query(SPOOL_OLDEST)[0][0]}
+
+
 @bp.get("/status")
 def page():
     return render_template("status.html")
@@ -56,15 +68,9 @@ def figures():
                  "stall_threshold_seconds": settings.worker_stall_seconds}
     spool_oldest, spool_known = None, False
     try:
-        rate, rejected = services.status_query(_FIGURES)[0]
-        reasons = [{"name": n, "error": e, "received_at": r.isoformat()} for n, e, r in services.status_query(_REASONS)]
-        per_minute = [{"minute": m, "name": n, "format": f, "events": c}
-                      for m, n, f, c in services.status_query(_PER_MINUTE)]
-        per_day = [{"day": d, "format": f, "type" if f == "push-api" else "channel": kind, "series": kind,
-                    "conversations": c} for d, f, kind, c in services.status_query(_PER_DAY)]
-        spool_oldest, spool_known = services.status_query(SPOOL_OLDEST)[0][0], True
-        out.update(database="up", ingest_per_second=round(float(rate), 2), rejected=rejected,
-                   latest_rejections=reasons, events_per_minute=per_minute, conversations_per_day=per_day)
+        figures = dict(services.cached("status", _database_figures))  # a copy: the cached one stays whole
+        spool_oldest, spool_known = figures.pop("spool_oldest"), True
+        out.update(database="up", **figures)
     except psycopg2.Error:
         pass
     try:

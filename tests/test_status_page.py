@@ -128,7 +128,8 @@ def test_status_figures_come_from_one_session_and_a_short_cache(settings, db, rq
     assert client.get("/status.json").get_json()["rejected"] == 0
     db.cursor().execute("""INSERT INTO events (receipt_ids, event_key, source, name, received_at, payload, status,
                                               error)
-                           VALUES (ARRAY['r1'], gen_random_uuid(), 'default', 'x', now(), '{}', 'rejected', 'x: bad')""")
+                           VALUES (ARRAY['r1'], gen_random_uuid(), 'default', 'x', now(), '{}', 'rejected',
+                                   'x: bad')""")
     assert client.get("/status.json").get_json()["rejected"] == 0  # within the cache period: not asked again
     monkeypatch.setattr(services, "FIGURES_CACHE_SECONDS", 0.0)
     assert client.get("/status.json").get_json()["rejected"] == 1

@@ -85,7 +85,7 @@ def cmd_web(args) -> int:
         # The figures' listener, on the same interface as the push one (0.0.0.0 in a
         # container, reached by Prometheus on the internal network; never published).
         argv += ["--bind", f"{bind.rsplit(':', 1)[0]}:{settings.internal_port}"]
-    argv.append("web.wsgi:app")
+    argv.append("web.asgi:app")
     _exec(argv)
 
 

@@ -7,10 +7,12 @@ import re
 from gunicorn.glogging import Logger
 
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-# Threads: a push waits on Redis (or the spool) most of its time, and gthread keeps
-# connections alive between pushes instead of a new TCP handshake for each one.
-worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", 4))
+# The asgi worker reads requests on an event loop: a client that trickles its
+# headers or body costs a coroutine, not a thread, so slow clients cannot starve
+# the pushes (web/asgi.py runs the Flask app in WEB_THREADS threads per process
+# once a body is whole). Connections stay alive between pushes.
+worker_class = "asgi"
+asgi_loop = "asyncio"
 # SIGTERM: stop accepting, finish in-flight requests, then exit.
 graceful_timeout = 30
 timeout = 30

@@ -21,9 +21,13 @@ def broker_transport_options(settings: Settings) -> dict:
         "global_keyprefix": f"{settings.queue_prefix}:celery:",
         # Bounded waits on a Redis that stopped answering (a blocking read waits 1 s).
         "socket_timeout": 10, "socket_connect_timeout": 4, "socket_keepalive": True,
-        # A message whose task never ended is delivered again after this long; the
-        # lease has long returned its batch by then, so that delivery finds nothing to do.
-        "visibility_timeout": 3600,
+        # No ack emulation: kombu would record every message taken in an "unacked"
+        # hash and remove it on ack, both in MULTI transactions, which Redis refuses
+        # at maxmemory and which time out while Redis is paused. An ack that fails
+        # leaves its prefetch slot taken for good, and the worker stops consuming
+        # (seen in the fault suite). The lease, not the message, owns the events:
+        # a message lost with its worker costs one lease period and nothing else.
+        "ack_emulation": False,
     }
 
 

@@ -378,3 +378,33 @@ def test_a_push_goes_to_the_spool_within_seconds_when_redis_hangs(settings, sile
     assert time.monotonic() - started < 5
     assert query(db, "SELECT count(*) FROM spool") == [(1,)]
 
+
+
+def test_a_dispatcher_whose_tasks_are_never_taken_says_it_is_wedged(settings, db, rq):
+    """Celery's consumer stopped taking tasks: the batches it sends come back unstarted."""
+    from workers.dispatch import Dispatcher
+
+    sent = []
+    dispatcher = Dispatcher(settings, registry_with_handlers(), name="wedged", capacity=2,
+                            send=lambda batch_id, kind, name: sent.append(batch_id))
+    try:
+        enqueue(dispatcher.queue, *[login(900 + i, "2014-01-01 08:00:00") for i in range(40)])
+        import dataclasses
+
+        dispatcher.consumer.settings = dataclasses.replace(settings, batch_size=5)
+        for _ in range(4):  # send what fits in flight, then lose it all to the sweep
+            while len(dispatcher.in_flight) < dispatcher.capacity:
+                dispatcher.step()
+            assert dispatcher.queue.reclaim(now=time.time() + 3600) > 0
+            dispatcher.reconcile()
+            if dispatcher.wedged():
+                break
+        # Two rounds: the first (2, all in flight) could be an outage; the second is not.
+        assert dispatcher.wedged() and len(sent) == 4 and dispatcher.unreported_in_a_row == 4
+        # One task that reports resets it: a slow consumer is not a wedged one.
+        dispatcher.unreported_in_a_row = 2
+        dispatcher.queue.redis.rpush(f"{settings.queue_prefix}:dispatch:wedged:done", "b1\tstored\t5")
+        dispatcher.collect(block=False)
+        assert dispatcher.unreported_in_a_row == 0 and not dispatcher.wedged()
+    finally:
+        dispatcher.consumer.close()

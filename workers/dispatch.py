@@ -52,7 +52,6 @@ RECONCILE_EVERY = 1.0  # seconds between looks at which in-flight batches are st
 OVERDUE_CHECK_EVERY = 10.0  # seconds between checks that beat does its job
 EXIT_STUCK = 3  # the process's exit status when it is stuck or its dispatcher died
 
-
 def done_key(prefix: str, dispatcher: str) -> str:
     return f"{prefix}:dispatch:{dispatcher}:done"
 
@@ -112,6 +111,7 @@ class Dispatcher:
         self._next_reconcile = 0.0
         self._next_overdue = 0.0
         self.started_at = time.time()
+        self.unreported_in_a_row = 0  # batches whose lease ended unreported (see Heartbeat.check)
 
     @property
     def queue(self) -> EventQueue:
@@ -209,6 +209,7 @@ class Dispatcher:
                 # task's hands; reconcile() forgets it once its lease is gone.
                 continue
             self.in_flight.pop(batch_id, None)
+            self.unreported_in_a_row = 0
             self._progress(int(events))
 
     def reconcile(self) -> None:
@@ -217,6 +218,9 @@ class Dispatcher:
         self.deadlines = self.queue.holding(list(self.in_flight))
         for batch_id in [b for b in self.in_flight if b not in self.deadlines]:
             del self.in_flight[batch_id]
+            # Usually its task acked it a moment before reporting (the report resets
+            # this); a lease swept with no report at all means no task ever took it.
+            self.unreported_in_a_row += 1
 
     def cover_for_beat(self) -> None:
         """Beat runs the housekeeping; while it is gone, the dispatchers do it."""
@@ -246,6 +250,13 @@ class Dispatcher:
             for batch_id, mark in zip(list(self.in_flight), started, strict=True):
                 if mark is None:
                     self.consumer.give_back(_batch(batch_id), strike=False)
+
+    def wedged(self) -> bool:
+        """More batches sent in a row than fit in flight, each of whose lease ended
+        with no task reporting on it: Celery is not taking this worker's tasks (a
+        consumer wedged on a broker connection). An outage longer than the lease
+        loses at most the batches in flight at the time, fewer than that."""
+        return self.unreported_in_a_row > self.capacity
 
     # -- what ops see ------------------------------------------------------
     def events_per_second(self, window: float = 60.0) -> float:
@@ -311,6 +322,9 @@ class Heartbeat(threading.Thread):
         looped = time.monotonic() - d.loop_beat
         if looped > self.stall_seconds:
             die(f"no progress: the dispatcher stuck for {looped:.0f}s while {d.phase}")
+        if d.wedged():
+            die(f"no progress: {d.unreported_in_a_row} batches sent in a row were never taken by a pool process"
+                " (Celery is not consuming this worker's tasks)")
         idle = time.time() - d.last_progress
         if d.in_flight and idle > self.stall_seconds:
             die(f"no progress: no batch finished for {idle:.0f}s with {len(d.in_flight)} in flight ({d.phase})")

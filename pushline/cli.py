@@ -5,6 +5,7 @@
   worker    run one Celery worker (a prefork pool, -c N) with its own node name
   beat      run Celery beat, the housekeeping's clock (exactly one per deployment)
   flower    run Flower behind a password (FLOWER_BASIC_AUTH=user:password)
+  roles     login roles for web, worker and a sample analyst (PUSHLINE_*_DB_PASSWORD)
   run       everything on one machine, with embedded servers if needed
   stats     queue depth, oldest pending age, dead letters, workers' progress, event counts
   health    exit 1 when events wait and this host's workers made no progress (for supervisors)
@@ -103,12 +104,22 @@ def cmd_worker(args) -> int:
 
 
 def cmd_beat(args) -> int:
-    settings = _settings("REDIS_URL", "DATABASE_URL")
+    settings = _settings("REDIS_URL")  # beat only sends tasks: it never touches PostgreSQL
     schedule = args.schedule or str(_var_dir() / "celerybeat-schedule")
     argv = [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--schedule", schedule,
             "--loglevel", settings.log_level]
     _export(settings)
     _exec(argv)
+
+
+def cmd_roles(args) -> int:
+    from pushline.roles import LOGINS, ensure_login_roles
+
+    settings = _settings("DATABASE_URL")
+    done = ensure_login_roles(settings.database_url, dict(os.environ))
+    skipped = [login for login in LOGINS if login not in done]
+    print(json.dumps({"login_roles": done, "skipped_no_password": skipped}))
+    return 0
 
 
 def cmd_flower(args) -> int:
@@ -291,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     beat = sub.add_parser("beat", help="run Celery beat (the housekeeping schedule; run exactly one)")
     beat.add_argument("--schedule", help="beat's schedule file (default var/celerybeat-schedule)")
     beat.set_defaults(func=cmd_beat)
+    sub.add_parser("roles", help="create or update the tiers' login roles (passwords from the environment)"
+                   ).set_defaults(func=cmd_roles)
     flower = sub.add_parser("flower", help="run Flower (needs FLOWER_BASIC_AUTH=user:password)")
     flower.add_argument("--port", type=int, default=5555)
     flower.set_defaults(func=cmd_flower)

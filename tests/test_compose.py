@@ -129,12 +129,12 @@ def test_postgres_is_healthchecked_with_the_credentials_the_app_uses(services):
     assert postgres["image"].startswith("postgres:")
     assert "pg_isready" in " ".join(healthcheck(postgres))
     env = postgres["environment"]
-    for name in ("migrate", "web", "worker", "flower"):
+    for name in ("migrate", "roles", "web", "worker", "beat", "flower"):
         app_env = services[name]["environment"]
         url = urlsplit(app_env["DATABASE_URL"])
-        assert (url.hostname, url.port or 5432) == ("postgres", 5432), name
-        assert (url.username, url.password, url.path.lstrip("/")) == (
-            env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]), name
+        assert (url.hostname, url.port or 5432, url.path.lstrip("/")) == ("postgres", 5432, env["POSTGRES_DB"]), name
+        if name in ("migrate", "roles"):  # the owner; the tiers use their login roles (below)
+            assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]), name
         assert urlsplit(app_env["REDIS_URL"]).hostname == "redis", name
         assert "PUSH_TOKENS" in app_env and "PUSH_TIMEZONE" in app_env, name
 
@@ -147,8 +147,9 @@ def test_migrate_runs_once_after_postgres_is_healthy(services):
 
 
 @pytest.mark.parametrize("name", ["web", "worker"])
-def test_web_and_workers_wait_for_healthy_stores_and_the_migration(services, name):
-    assert conditions(services[name]) == {"postgres": HEALTHY, "redis": HEALTHY, "migrate": MIGRATED}
+def test_web_and_workers_wait_for_healthy_stores_the_migration_and_their_roles(services, name):
+    assert conditions(services[name]) == {"postgres": HEALTHY, "redis": HEALTHY, "migrate": MIGRATED,
+                                          "roles": MIGRATED}
 
 
 def test_web_listens_on_its_port_and_is_healthchecked_there(services):
@@ -209,3 +210,19 @@ def test_exactly_one_beat_runs_the_housekeeping(services):
     assert schedule.startswith("/tmp/")
     recipe = re.search(r"^beat:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
     assert recipe and "-m pushline.cli beat" in recipe.group(1)
+
+
+def test_only_migrate_and_roles_connect_as_the_owner(services):
+    owner = "postgresql://pushline:pushline@postgres:5432/pushline"
+    assert services["migrate"]["environment"]["DATABASE_URL"] == owner
+    assert services["roles"]["environment"]["DATABASE_URL"] == owner
+    assert command(services["roles"]) == [*PUSHLINE, "roles"]
+    assert conditions(services["roles"]) == {"migrate": MIGRATED}
+    logins = {name: urlsplit(services[name]["environment"]["DATABASE_URL"]).username
+              for name in ("web", "worker", "beat", "flower")}
+    assert logins == {"web": "pushline_web_login", "worker": "pushline_worker_login",
+                      "beat": "pushline_worker_login", "flower": "pushline_worker_login"}
+    roles_env = services["roles"]["environment"]
+    for name, variable in (("web", "PUSHLINE_WEB_DB_PASSWORD"), ("worker", "PUSHLINE_WORKER_DB_PASSWORD")):
+        # The same password the roles step set, from the same variable and default.
+        assert urlsplit(services[name]["environment"]["DATABASE_URL"]).password == roles_env[variable]

@@ -223,3 +223,24 @@ def test_a_duty_is_overdue_after_six_periods_since_its_last_run_or_the_dispatche
                                                                         "roll_partitions"]
     queue.redis.hset(WorkerStats(queue.redis, queue.prefix).housekeeping, "sweep_leases", now - 10)
     assert housekeeping.overdue(queue, since=now - 3601, now=now) == ["forward_spool", "roll_partitions"]
+
+
+def test_retention_deletes_what_is_older_than_its_days_and_is_off_at_zero(loop, db):
+    import datetime as dt
+
+    from tests.conftest import make_settings
+    from workers import housekeeping
+    from workers.celery_app import beat_schedule
+
+    recent = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S")
+    enqueue(loop.queue, login(40, "2014-01-01 08:00:00"), login(41, recent))
+    drain(loop)
+    assert housekeeping.apply_retention(loop.conn, 0, loop.queue) is None  # off
+    assert query(db, "SELECT count(*) FROM events") == [(2,)]
+    assert housekeeping.apply_retention(loop.conn, 30, loop.queue) == 1
+    assert query(db, "SELECT payload->'parameters'->>'operator_id' FROM events") == [("41",)]
+    # Beat sends it hourly with its own setting, and not at all when it is 0.
+    settings = loop.settings
+    assert "apply-retention" not in beat_schedule(settings)
+    on = beat_schedule(make_settings(settings.database_url, settings.redis_url, PUSHLINE_RETENTION_DAYS="30"))
+    assert on["apply-retention"]["kwargs"] == {"days": 30} and on["apply-retention"]["schedule"] == 3600

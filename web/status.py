@@ -12,23 +12,10 @@ from web import services
 
 bp = Blueprint("status", __name__)
 
-_FIGURES = """
-SELECT (SELECT count(*) FROM events WHERE received_at > now() - interval '1 minute') / 60.0,
-       (SELECT count(*) FROM events WHERE status = 'rejected')
-"""
-_REASONS = """
-SELECT name, error, received_at FROM events WHERE status = 'rejected' ORDER BY received_at DESC LIMIT 5
-"""
-# Both formats on one URL: a webhook is a body with a string eventType and no string name.
-_PER_MINUTE = """
-SELECT to_char(date_trunc('minute', received_at), 'HH24:MI'), name,
-       CASE WHEN jsonb_typeof(payload->'eventType') = 'string'
-                 AND jsonb_typeof(payload->'name') IS DISTINCT FROM 'string' THEN 'webhook'
-            ELSE 'push-api' END,
-       count(*)
-FROM events WHERE received_at > now() - interval '30 minutes'
-GROUP BY 1, 2, 3 ORDER BY 1, 2
-"""
+# Through functions that expose no payload: the web tier may not read events (0016).
+_FIGURES = "SELECT ingest_per_second, rejected FROM pushline_status_figures()"
+_REASONS = "SELECT name, error, received_at FROM pushline_latest_rejections(5)"
+_PER_MINUTE = "SELECT minute, name, format, events FROM pushline_events_per_minute()"
 # Conversations per day: the Push API's by type (chat, call, video), the
 # webhooks' by channel (CHAT, CALL, FACEBOOK...), each over its latest 30 days with data.
 _PER_DAY = """

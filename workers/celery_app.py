@@ -130,7 +130,9 @@ def beat_schedule(settings: Settings) -> dict:
         "roll-partitions": every(housekeeping.PARTITIONS_EVERY, "pushline.roll_partitions"),
     }
     if settings.retention_days:
-        schedule["apply-retention"] = every(housekeeping.RETENTION_EVERY, "pushline.apply_retention")
+        # The days travel with the task: beat's PUSHLINE_RETENTION_DAYS is the one setting.
+        schedule["apply-retention"] = {**every(housekeeping.RETENTION_EVERY, "pushline.apply_retention"),
+                                       "kwargs": {"days": settings.retention_days}}
     return schedule
 
 

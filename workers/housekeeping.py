@@ -74,11 +74,11 @@ def roll_partitions(settings: Settings, queue: EventQueue) -> int | None:
     return made
 
 
-def apply_retention(conn, settings: Settings, queue: EventQueue) -> int | None:
-    """Delete the events older than PUSHLINE_RETENTION_DAYS (off when unset)."""
-    if not settings.retention_days:
+def apply_retention(conn, days: int, queue: EventQueue) -> int | None:
+    """Delete the events older than `days` (PUSHLINE_RETENTION_DAYS; 0: off)."""
+    if not days:
         return None
-    cut = dt.datetime.now(dt.UTC) - dt.timedelta(days=settings.retention_days)
+    cut = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     deleted = prune(conn, cut)
     log.info("retention: deleted %d events created before %s", deleted, cut.isoformat())
     _mark(queue, "apply_retention")

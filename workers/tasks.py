@@ -170,10 +170,11 @@ def roll_partitions(self: PushlineTask) -> int | None:
 
 
 @shared_task(bind=True, base=PushlineTask, name="pushline.apply_retention", autoretry_for=())
-def apply_retention(self: PushlineTask) -> int | None:
+def apply_retention(self: PushlineTask, days: int | None = None) -> int | None:
     consumer = self.consumer
     try:
-        return housekeeping.apply_retention(consumer.conn, self.settings, consumer.queue)
+        return housekeeping.apply_retention(consumer.conn, days if days is not None else self.settings.retention_days,
+                                            consumer.queue)
     except Exception:
         consumer.drop_connection()
         raise

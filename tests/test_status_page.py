@@ -140,3 +140,19 @@ def test_status_figures_come_from_one_session_and_a_short_cache(settings, db, rq
     mine = app.extensions["pushline.status"].conn.get_backend_pid()
     assert query(db, "SELECT application_name FROM pg_stat_activity WHERE pid = %s", mine) == [
         ("pushline-web-status",)]
+
+
+def test_a_far_future_conversation_does_not_hide_the_real_days(settings, db, rq):
+    from tests.helpers import drain, enqueue, pushed
+    from workers.consumer import Consumer
+    from workers.handlers import registry_with_handlers
+
+    loop = Consumer(settings, registry_with_handlers(), name="status-outlier")
+    enqueue(loop.queue, pushed("c-real", 7, "2024-03-05T09:00:00Z"), pushed("c-real-2", 7, "2024-03-04T09:00:00Z"),
+            pushed("c-absurd", 7, "9999-12-31T12:00:00Z"))
+    drain(loop)
+    loop.close()
+    data = create_app(settings).test_client().get("/status.json").get_json()
+    assert data["database"] == "up"
+    assert [(r["day"], r["conversations"]) for r in data["conversations_per_day"]] == [
+        ("2024-03-04", 1), ("2024-03-05", 1)]

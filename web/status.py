@@ -17,17 +17,9 @@ _FIGURES = "SELECT ingest_per_second, rejected FROM pushline_status_figures()"
 _REASONS = "SELECT name, error, received_at FROM pushline_latest_rejections(5)"
 _PER_MINUTE = "SELECT minute, name, format, events FROM pushline_events_per_minute()"
 # Conversations per day: the Push API's by type (chat, call, video), the
-# webhooks' by channel (CHAT, CALL, FACEBOOK...), each over its latest 30 days with data.
-_PER_DAY = """
-SELECT day::text, 'push-api', type, sum(conversations)::bigint FROM conversation_daily
-WHERE day > (SELECT max(day) FROM conversation_daily) - 30
-GROUP BY 1, 2, 3
-UNION ALL
-SELECT day::text, 'webhook', channel, sum(conversations)::bigint FROM conversation_v2_daily
-WHERE day > (SELECT max(day) FROM conversation_v2_daily) - 30
-GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3
-"""
+# webhooks' by channel (CHAT, CALL, FACEBOOK...), each over its latest 30 days
+# with data, through the started_at indexes (0018).
+_PER_DAY = "SELECT day::text, format, kind, conversations FROM pushline_conversations_per_day()"
 
 
 def _database_figures() -> dict:

@@ -244,3 +244,19 @@ def test_retention_deletes_what_is_older_than_its_days_and_is_off_at_zero(loop, 
     assert "apply-retention" not in beat_schedule(settings)
     on = beat_schedule(make_settings(settings.database_url, settings.redis_url, PUSHLINE_RETENTION_DAYS="30"))
     assert on["apply-retention"]["kwargs"] == {"days": 30} and on["apply-retention"]["schedule"] == 3600
+
+
+def test_a_webhook_is_its_event_id_even_when_a_retry_says_another_created_at(loop, db):
+    """CONTRACT 7: the same eventId is one event, one row, deliveries counting receipts."""
+    from tests.helpers import pushed
+
+    first = pushed("c-retry", 7, "2024-03-05T09:00:00Z", event_id="11111111-2222-4333-8444-555555555555")
+    later = {**first, "createdAt": "2024-04-05T09:05:00Z", "sentAt": "2024-04-05T09:05:01Z"}  # another month
+    enqueue(loop.queue, first)
+    drain(loop)
+    enqueue(loop.queue, later)  # a later batch
+    drain(loop)
+    enqueue(loop.queue, later, first)  # both again, in one batch
+    drain(loop)
+    assert query(db, "SELECT deliveries, created_at::text FROM events") == [(4, "2024-03-05 09:00:00+00")]
+    assert query(db, "SELECT started_at::text, assignments FROM conversations_v2") == [("2024-03-05 09:00:00+00", 1)]

@@ -53,6 +53,11 @@ class Incoming:
                 peek_webhook_time(self.body, "sentAt") if webhook else peek_datetime(self._dict(), "sent"))
 
     @property
+    def webhook_id(self) -> bool:
+        """A webhook identified by its eventId (pushline.identity)."""
+        return is_webhook(self.body) and isinstance(self.body.get("eventId"), str)
+
+    @property
     def name(self) -> str:
         """`name` (Push API) or `eventType` (webhooks): events.name."""
         if not isinstance(self.body, dict):

@@ -68,6 +68,7 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
 
     Returns counts by (name, status) of the events that were new.
     """
+    _keep_stored_instants(cur, groups)
     rows = []
     for key, receipts in groups.items():
         first, ids = receipts[0], _receipt_ids(receipts)
@@ -93,6 +94,23 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
             stored.append((first.handler, StoredEvent(event_id, key, first.event)))
     apply_handlers(cur, stored)
     return dict(counts)
+
+
+def _keep_stored_instants(cur, groups: dict[str, list[Incoming]]) -> None:
+    """A webhook is its eventId (CONTRACT 7), whatever its createdAt says. Rows are
+    unique by (event_key, created_at), the partition key being part of every
+    unique index; so a receipt of a stored eventId whose createdAt differs takes
+    the stored instant and counts as one more delivery of that row instead of
+    making a second. One lookup per batch, and only for webhooks."""
+    webhook_keys = [key for key, receipts in groups.items() if receipts[0].webhook_id]
+    if not webhook_keys:
+        return
+    cur.execute("SELECT replace(event_key::text, '-', ''), created_at FROM events WHERE event_key = ANY(%s::uuid[])",
+                (webhook_keys,))
+    for key, created_at in cur.fetchall():
+        first = groups[key][0]
+        if first.created_at != created_at:
+            first.created_at = created_at
 
 
 def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -> None:

@@ -13,11 +13,23 @@ HOUSEKEEPING = "pushline.housekeeping"  # beat's duties and maintenance
 
 
 def broker_url(settings: Settings) -> str:
-    return settings.redis_url or "redis://127.0.0.1:6379/0"
+    from pushline.redis_client import sentinel_target
+
+    target = sentinel_target(settings.redis_url)
+    if target is None:
+        return settings.redis_url or "redis://127.0.0.1:6379/0"
+    # kombu's Sentinel transport: one URL per Sentinel, the master's name in the options.
+    auth = f":{target.password}@" if target.password else ""
+    return ";".join(f"sentinel://{auth}{host}:{port}/{target.db}" for host, port in target.sentinels)
 
 
 def broker_transport_options(settings: Settings) -> dict:
+    from pushline.redis_client import sentinel_target
+
+    target = sentinel_target(settings.redis_url)
+    sentinel = {"master_name": target.master} if target is not None else {}
     return {
+        **sentinel,
         "global_keyprefix": f"{settings.queue_prefix}:celery:",
         # Bounded waits on a Redis that stopped answering (a blocking read waits 1 s).
         "socket_timeout": 10, "socket_connect_timeout": 4, "socket_keepalive": True,

@@ -24,6 +24,9 @@ DEFAULTS = {
     "QUEUE_HIGH_WATER": "1000000",
     "PORT": "8000",
     "INTERNAL_PORT": "",  # set: /metrics and /status only there, never on PORT
+    "REDIS_SENTINELS": "",  # host:port,... of Redis Sentinels: the master is found through them
+    "REDIS_SENTINEL_MASTER": "",
+    "REDIS_MIN_REPLICAS": "0",  # n > 0: a push is 202 through Redis only once n replicas have it
     "PUSHLINE_QUEUE_PREFIX": "pushline",
     "PUSHLINE_BATCH_SIZE": "500",
     "PUSHLINE_BATCH_WAIT_MS": "20",
@@ -36,6 +39,32 @@ DEFAULTS = {
 }
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def sentinel_url(redis_url: str, sentinels: str, master: str) -> str:
+    """REDIS_URL itself, or with REDIS_SENTINELS one URL that says it all, so that
+    every client made from settings.redis_url finds the master through Sentinel:
+    redis+sentinel://[:password@]host:port,host:port/<master>/<db>. REDIS_URL then
+    gives only the password and the db number."""
+    hosts = [h.strip() for h in sentinels.split(",") if h.strip()]
+    if not hosts or redis_url.startswith(SENTINEL_SCHEME + "://"):  # none, or made already
+        return redis_url
+    if not master:
+        raise ConfigError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER (the monitored master's name) is not")
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigError(f"REDIS_SENTINELS: {host!r} is not host:port")
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url) if redis_url else None
+    password = parts.password if parts else None
+    db = (parts.path.lstrip("/") or "0") if parts else "0"
+    auth = f":{password}@" if password else ""
+    return f"{SENTINEL_SCHEME}://{auth}{','.join(hosts)}/{master}/{db}"
 
 
 class ConfigError(ValueError):
@@ -100,6 +129,7 @@ class Settings:
     worker_stall_seconds: int = 120
     worker_concurrency: int = 0
     internal_port: int | None = None
+    redis_min_replicas: int = 0
     worker_pool: str = "prefork"
     retention_days: int = 0
 
@@ -134,7 +164,9 @@ class Settings:
 
         return cls(
             database_url=merged["DATABASE_URL"].strip(),
-            redis_url=merged["REDIS_URL"].strip(),
+            redis_url=sentinel_url(merged["REDIS_URL"].strip(), merged["REDIS_SENTINELS"],
+                                   merged["REDIS_SENTINEL_MASTER"].strip()),
+            redis_min_replicas=integer("REDIS_MIN_REPLICAS", minimum=0, maximum=16),
             tokens=parse_tokens(merged["PUSH_TOKENS"]),
             signing_secrets=parse_secrets(merged["PUSH_SIGNING_SECRETS"]),
             max_custom_data_keys=integer("MAX_CUSTOM_DATA_KEYS"),

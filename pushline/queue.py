@@ -205,12 +205,21 @@ class Batch:
     items: list[bytes]
 
 
+# How long a push waits for its replicas before it goes to the spool instead.
+REPLICA_WAIT_MS = 200
+
+
+class NotReplicated(redis.RedisError):
+    """Redis has the event, but not the replicas REDIS_MIN_REPLICAS asks for."""
+
+
 class EventQueue:
     def __init__(self, client: redis.Redis, prefix: str = "pushline", lease_seconds: int = 60,
                  fast: RespConnection | None = None):
         self.redis = client
         # The ack path's bare connection when the URL allows one, else redis-py.
         self._execute = fast.execute if fast is not None else client.execute_command
+        self._fast = fast
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.incoming = f"{prefix}:incoming"
@@ -237,20 +246,41 @@ class EventQueue:
         self._holding = client.register_script(_HOLDING)
         self._start = client.register_script(_START)
 
-    def push(self, item: bytes, high_water: int) -> int:
+    def push(self, item: bytes, high_water: int, replicas: int = 0) -> int:
         """Queue one envelope; returns the new depth, or -1 at or above high water.
 
         One LPUSH is the whole cost while the queue is below high water; the
         depth it returns tells when to start checking LLEN before each push.
         The queue may thus overshoot by one event per web process.
+
+        With `replicas` (REDIS_MIN_REPLICAS), WAIT follows the LPUSH on the same
+        connection: replication is asynchronous, and a failover to a replica
+        that never got the event would lose it after its 202. NotReplicated
+        when fewer replicas than that have it within REPLICA_WAIT_MS.
         """
         if self._over_high_water:
             if self._execute(b"LLEN", self._incoming) >= high_water:
                 return -1
             self._over_high_water = False
-        depth = int(self._execute(b"LPUSH", self._incoming, item))
+        if replicas:
+            depth, acked = self._push_replicated(item, replicas)
+            if acked < replicas:
+                raise NotReplicated(f"{acked} of {replicas} replicas took the event within {REPLICA_WAIT_MS} ms")
+        else:
+            depth = int(self._execute(b"LPUSH", self._incoming, item))
         self._over_high_water = depth >= high_water
         return depth
+
+    def _push_replicated(self, item: bytes, replicas: int) -> tuple[int, int]:
+        wait = (b"WAIT", str(replicas).encode(), str(REPLICA_WAIT_MS).encode())
+        if self._fast is not None:  # one per-thread socket: WAIT sees the LPUSH before it
+            depth = int(self._fast.execute(b"LPUSH", self._incoming, item))
+            return depth, int(self._fast.execute(*wait))
+        pipe = self.redis.pipeline(transaction=False)  # one pooled connection for both
+        pipe.execute_command("LPUSH", self._incoming, item)
+        pipe.execute_command(*wait)
+        depth, acked = pipe.execute()
+        return int(depth), int(acked)
 
     def depth(self) -> int:
         return int(self.redis.llen(self.incoming))

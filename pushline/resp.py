@@ -42,7 +42,12 @@ class RespConnection:
 
     @staticmethod
     def for_url(url: str) -> RespConnection | None:
-        """None for TLS URLs: those keep redis-py's connection (and its SSL options)."""
+        """None for TLS and Sentinel URLs: those keep redis-py's connection (its SSL
+        options, its master discovery)."""
+        from pushline.config import SENTINEL_SCHEME
+
+        if url.startswith(SENTINEL_SCHEME + "://"):
+            return None  # the master moves: redis-py's Sentinel client finds it
         return None if parse_url(url).get("connection_class") is SSLConnection else RespConnection(url)
 
     def _connect(self) -> socket.socket:

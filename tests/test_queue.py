@@ -172,3 +172,18 @@ def test_only_one_task_begins_a_batch_and_its_retry_may_begin_it_again(queue):
     assert queue.ack(batch)
     assert not queue.start(batch.id, "task-a")  # stored: nothing left to begin
     assert queue.redis.hlen(queue.started) == 0 and queue.claimed() == 0
+
+
+def test_a_push_that_no_replica_confirms_is_not_replicated(queue, settings):
+    """REDIS_MIN_REPLICAS: this Redis has no replica, so WAIT gives up after REPLICA_WAIT_MS."""
+    from pushline.queue import REPLICA_WAIT_MS, NotReplicated
+    from pushline.resp import RespConnection
+
+    for fast in (None, RespConnection.for_url(settings.redis_url)):  # redis-py's pipeline, the ack path's socket
+        q = EventQueue(queue.redis, queue.prefix, fast=fast)
+        started = time.monotonic()
+        with pytest.raises(NotReplicated):
+            q.push(b"w\tdefault\t1.0\n{}", high_water=100, replicas=1)
+        assert time.monotonic() - started >= REPLICA_WAIT_MS / 1000 * 0.9
+        assert q.push(b"x\tdefault\t1.0\n{}", high_water=100) >= 1  # without the requirement: at once
+    assert queue.depth() == 4  # WAIT does not undo the LPUSH: the spool's copy is the same receipt

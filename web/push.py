@@ -96,8 +96,10 @@ def push(token: str | None):
     if breaker.closed():
         started = time.perf_counter()
         try:
-            depth = services.queue().push(envelope, settings.queue_high_water)
+            depth = services.queue().push(envelope, settings.queue_high_water, settings.redis_min_replicas)
         except redis.RedisError:
+            # Down, paused, or (NotReplicated) without the replicas it must have: the
+            # spool takes the event, the same receipt, so a copy in Redis counts once.
             breaker.trip()
         else:
             if depth < 0:

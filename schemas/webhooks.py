@@ -8,6 +8,12 @@ name is the `eventType`, its times `createdAt` and `sentAt`, and its
 `{"channel", "status"}`...). Fields iAdvize may add are ignored here and kept
 in the stored payload. Channels and statuses are open strings: iAdvize
 serves channels it has not documented.
+
+Strings that key rows (ids, channels, statuses) are bounded in UTF-8 bytes,
+not characters: they go into btree index entries, which PostgreSQL caps at
+about 2.7 kB, and a string of 1000 four-byte characters that passed here then
+failed in the handler, with an error naming no field. KEY_BYTES leaves room
+for an eventId and a channel in one entry (availability tables key on both).
 """
 
 from __future__ import annotations
@@ -46,18 +52,43 @@ class IsoDateTime(fields.Field):
         return parse_iso(value)
 
 
-class Text(fields.String):
-    """A non-empty string."""
+KEY_BYTES = 1000
 
-    def __init__(self, **kwargs):
-        super().__init__(validate=validate.Length(min=1, max=1000), **kwargs)
+
+class Utf8Length(validate.Validator):
+    """At least `min_chars` characters and at most `max_bytes` bytes in UTF-8."""
+
+    def __init__(self, min_chars: int = 0, max_bytes: int = KEY_BYTES) -> None:
+        self.min_chars, self.max_bytes = min_chars, max_bytes
+
+    def __call__(self, value: str) -> str:
+        if len(value) < self.min_chars:
+            raise ValidationError("Must not be empty." if self.min_chars == 1
+                                  else f"Shorter than {self.min_chars} characters.")
+        # A character is at most 4 bytes: most values need no encoding. Lone
+        # surrogates (JSON allows "\ud800") count as 3, as UTF-8 would spell them.
+        if len(value) * 4 > self.max_bytes and len(value.encode("utf-8", "surrogatepass")) > self.max_bytes:
+            raise ValidationError(f"Longer than {self.max_bytes} bytes in UTF-8.")
+        return value
+
+
+class Text(fields.String):
+    """A string that keys rows: non-empty unless `empty`, at most KEY_BYTES bytes in UTF-8."""
+
+    def __init__(self, empty: bool = False, **kwargs):
+        super().__init__(validate=Utf8Length(min_chars=0 if empty else 1), **kwargs)
+
+
+def _not_null(kind: str) -> dict[str, str]:
+    """A field that may be left out but, when present, must hold a value: null is no answer."""
+    return {"null": f"Must be {kind}, not null (an event without this answer leaves the field out)."}
 
 
 class _Base(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    event_id = fields.String(data_key="eventId", required=True, validate=validate.Length(min=1, max=200))
+    event_id = Text(data_key="eventId", required=True)
     event_type = fields.String(data_key="eventType", required=True)
     created_at = IsoDateTime(data_key="createdAt", required=True)
     sent_at = IsoDateTime(data_key="sentAt", required=True)
@@ -67,8 +98,8 @@ class _Conversation(_Base):
     conversation_id = Text(data_key="conversationId", required=True)
     client_id = Id(data_key="clientId", required=True)
     project_id = Id(data_key="projectId", required=True)
-    channel = Text(data_key="channel", required=True)
-    visitor_id = fields.String(data_key="visitorId", load_default=None, allow_none=True)
+    channel = Text(data_key="channel", required=True, empty=True)  # any channel string is valid
+    visitor_id = Text(data_key="visitorId", load_default=None, allow_none=True, empty=True)
 
 
 class ConversationPushed(_Conversation):
@@ -87,7 +118,7 @@ class Availability(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    channel = Text(required=True)
+    channel = Text(required=True, empty=True)
     status = Text(required=True)
 
 
@@ -99,9 +130,12 @@ class AvailabilityUpdated(_Base):
 class SatisfactionAnswered(_Base):
     conversation_id = Text(data_key="conversationId", required=True)
     project_id = Id(data_key="projectId", load_default=None, allow_none=True)
-    customer_satisfaction = Id(data_key="customerSatisfaction", load_default=None)
-    net_promoter_score = Id(data_key="netPromoterScore", load_default=None, validate=validate.Range(0, 10))
-    satisfaction_comment = fields.String(data_key="satisfactionComment", load_default=None)
+    customer_satisfaction = Id(data_key="customerSatisfaction", load_default=None, allow_none=False,
+                               error_messages=_not_null("an integer"))
+    net_promoter_score = Id(data_key="netPromoterScore", load_default=None, allow_none=False,
+                            validate=validate.Range(0, 10), error_messages=_not_null("an integer"))
+    satisfaction_comment = fields.String(data_key="satisfactionComment", load_default=None, allow_none=False,
+                                         error_messages=_not_null("a string"))
     custom_question = fields.Boolean(data_key="customQuestion", load_default=None, allow_none=True)
 
 

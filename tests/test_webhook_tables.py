@@ -7,18 +7,23 @@ also checks that the rows depend on the set of events only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import random
 import threading
 
 import psycopg2
 import pytest
+from marshmallow import fields
 
 from pushline.db import TOOL, connect
+from schemas.webhooks import ConversationPushed
 from tests.conftest import make_settings, query
 from tests.helpers import answered, availability, closed, connected, disconnected, drain, enqueue, pushed, webhook
 from tests.test_security import as_role
 from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
+from workers.registry import Registry
 from workers.replay import Selection, rebuild, replay
 
 ANALYST_TABLES = ("conversations_v2", "conversation_assignments", "satisfaction", "user_sessions",
@@ -308,6 +313,72 @@ def test_an_event_inside_a_run_splits_it(loop, wh):
     assert periods(wh, 9)[0] == ("CHAT", "AVAILABLE", T(d + "09:00:00Z"), T(d + "10:30:00Z"), 5400.0)
 
 
+def _run_events(user: int, prefix: str) -> list[dict]:
+    """CHAT and CALL availabilities of one user; ids sort as their names within a prefix."""
+    d = "2024-03-05T"
+
+    def at(time: str, name: str, *pairs: tuple[str, str]) -> dict:
+        return availability(user, d + time + "Z", *pairs, event_id=f"{prefix}-{name}")
+
+    return [
+        at("10:00:00", "e1", ("CHAT", "AVAILABLE"), ("CALL", "UNAVAILABLE")),
+        at("10:10:00", "e2", ("CHAT", "AVAILABLE")),
+        at("10:20:00", "e3", ("CHAT", "AVAILABLE")),
+        at("10:30:00", "e4", ("CHAT", "AVAILABLE")),                          # at the end, same status
+        at("10:40:00", "e5", ("CHAT", "UNAVAILABLE"), ("CALL", "UNAVAILABLE")),  # at the end, another status
+        at("10:15:00", "e6", ("CHAT", "AVAILABLE")),                          # inside a run, same status
+        at("10:25:00", "m-7", ("CHAT", "UNAVAILABLE")),                       # inside a run: splits it
+        at("10:25:00", "m-8", ("CHAT", "AVAILABLE")),                         # same instant, after m-7 by id
+        at("10:05:00", "e9", ("CHAT", "UNAVAILABLE")),                        # two in one batch: inside...
+        at("10:50:00", "e10", ("CHAT", "UNAVAILABLE")),                       # ...and at the end
+        at("10:25:00", "m-1", ("CHAT", "AWAY")),                              # same instant, before m-7 by id
+        at("09:00:00", "e11", ("CHAT", "UNAVAILABLE")),                       # before everything
+    ]
+
+
+def test_runs_are_split_and_joined_whatever_the_window(loop, wh):
+    """Each batch recomputes from the event just before its earliest one: the run
+    holding that event keeps its start and gets its new end."""
+    d = "2024-03-05T"
+    e = _run_events(10, "a")
+    call = [("CALL", "UNAVAILABLE", T(d + "10:00:00Z"), None, None)]  # never changes: one run, whatever comes
+
+    def chat(*runs):
+        return [("CHAT", status, T(d + start + "Z"), end and T(d + end + "Z"),
+                 end and (T(d + end + "Z") - T(d + start + "Z")).total_seconds()) for status, start, end in runs]
+
+    store(loop, e[0:3], e[3:4])
+    assert periods(wh, 10) == call + chat(("AVAILABLE", "10:00:00", None))
+    store(loop, e[4:5])
+    assert periods(wh, 10) == call + chat(("AVAILABLE", "10:00:00", "10:40:00"), ("UNAVAILABLE", "10:40:00", None))
+    store(loop, e[5:6])
+    assert periods(wh, 10) == call + chat(("AVAILABLE", "10:00:00", "10:40:00"), ("UNAVAILABLE", "10:40:00", None))
+    store(loop, e[6:7])
+    assert periods(wh, 10) == call + chat(
+        ("AVAILABLE", "10:00:00", "10:25:00"), ("UNAVAILABLE", "10:25:00", "10:30:00"),
+        ("AVAILABLE", "10:30:00", "10:40:00"), ("UNAVAILABLE", "10:40:00", None))
+    store(loop, e[7:8])
+    assert periods(wh, 10) == call + chat(
+        ("AVAILABLE", "10:00:00", "10:25:00"), ("UNAVAILABLE", "10:25:00", "10:25:00"),
+        ("AVAILABLE", "10:25:00", "10:40:00"), ("UNAVAILABLE", "10:40:00", None))
+    store(loop, e[8:10])
+    after_both = [("AVAILABLE", "10:00:00", "10:05:00"), ("UNAVAILABLE", "10:05:00", "10:10:00"),
+                  ("AVAILABLE", "10:10:00", "10:25:00"), ("UNAVAILABLE", "10:25:00", "10:25:00"),
+                  ("AVAILABLE", "10:25:00", "10:40:00"), ("UNAVAILABLE", "10:40:00", None)]
+    assert periods(wh, 10) == call + chat(*after_both)
+    store(loop, e[10:11])
+    with_away = [*after_both[:3], ("AWAY", "10:25:00", "10:25:00"), *after_both[3:]]
+    assert periods(wh, 10) == call + chat(*with_away)
+    store(loop, e[11:12], e[3:6])  # and redeliveries change nothing
+    final = call + chat(("UNAVAILABLE", "09:00:00", "10:00:00"), *with_away)
+    assert periods(wh, 10) == final
+
+    # The same set for another user, newest first, three per batch.
+    other = _run_events(11, "b")[::-1]
+    store(loop, *(other[i:i + 3] for i in range(0, len(other), 3)))
+    assert periods(wh, 11) == final
+
+
 # --- user_daily, in Europe/Paris ----------------------------------------------------------------------
 
 def test_user_daily_in_paris(database_url, redis_url, paris, rq):
@@ -367,6 +438,45 @@ def test_invalid_and_unknown_webhooks(loop, wh):
         "satisfaction.answered"][0][1]
     assert by_name["visitor.updated"][0][0] == "unhandled"
     assert {name: rows for name, rows in everything(wh).items() if rows} == {}
+
+
+def _four_byte_text(n: int, seed: int = 1) -> str:
+    """n random characters of 4 bytes each in UTF-8 (which compress badly)."""
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x20000, 0x2A6DF)) for _ in range(n))
+
+
+def test_keys_too_long_for_an_index_and_null_answers_are_rejected_naming_the_field(loop, wh):
+    big = _four_byte_text(1000)  # 4000 bytes: more than a btree index entry holds
+    fits = _four_byte_text(250, seed=2)  # 1000 bytes: KEY_BYTES
+    at = "2024-03-05T09:00:00Z"
+    long_conversation = pushed(big, 1, at)
+    long_conversation["visitorId"] = "v"
+    long_channel = pushed("c-20", 1, at, channel=big)
+    long_answer = answered(big, at, netPromoterScore=3)
+    long_availability = availability(20, at, ("CHAT", "AVAILABLE"), (big, "AVAILABLE"))
+    nulls = [answered("c-20", at, **{field: None}) for field in
+             ("netPromoterScore", "customerSatisfaction", "satisfactionComment")]
+    # Valid: any channel string, the empty one too; an eventId and a channel of 1000 bytes each.
+    empty_channel = pushed("c-21", 1, at, channel="")
+    widest = availability(21, at, (fits, "AVAILABLE"), ("", "UNAVAILABLE"), event_id=_four_byte_text(250, seed=3))
+    store(loop, [long_conversation, long_channel, long_answer, long_availability, *nulls, empty_channel, widest])
+
+    errors = [error for error, in query(wh, "SELECT error FROM events WHERE status = 'rejected'")]
+    assert sorted(errors) == sorted([
+        "conversationId: Longer than 1000 bytes in UTF-8.",
+        "channel: Longer than 1000 bytes in UTF-8.",
+        "conversationId: Longer than 1000 bytes in UTF-8.",
+        "availabilities.1.channel: Longer than 1000 bytes in UTF-8.",
+        "netPromoterScore: Must be an integer, not null (an event without this answer leaves the field out).",
+        "customerSatisfaction: Must be an integer, not null (an event without this answer leaves the field out).",
+        "satisfactionComment: Must be a string, not null (an event without this answer leaves the field out).",
+    ])
+    assert query(wh, "SELECT status, count(*) FROM events GROUP BY 1 ORDER BY 1") == [("processed", 2),
+                                                                                     ("rejected", 7)]
+    assert conversation_row(wh, "c-21")["channel"] == ""
+    assert periods(wh, 21) == [("", "UNAVAILABLE", T(at), None, None), (fits, "AVAILABLE", T(at), None, None)]
+    assert query(wh, "SELECT count(*) FROM satisfaction") == [(0,)]
 
 
 # --- roles ----------------------------------------------------------------------------------------------
@@ -474,3 +584,58 @@ def test_rebuild_restores_the_webhook_tables(settings, loop, wh):
     finally:
         conn.close()
     assert everything(wh) == before
+
+
+
+class _PushedBeforeKeyBytes(ConversationPushed):
+    """v2.conversation.pushed as loaded before keys were bounded in bytes: 1000
+    characters of 4 bytes passed, and the database then refused the rows."""
+
+    conversation_id = fields.String(data_key="conversationId", required=True)
+
+
+def _registry_before_key_bytes() -> Registry:
+    copy = Registry()
+    copy._handlers = dict(registry_with_handlers()._handlers)
+    handler = copy._handlers["v2.conversation.pushed"]
+    copy._handlers["v2.conversation.pushed"] = dataclasses.replace(handler, schema=_PushedBeforeKeyBytes())
+    return copy
+
+
+def test_replay_and_rebuild_go_on_past_an_event_the_database_refuses(settings, wh, rq):
+    """One event whose rows the database refuses is rejected with the reason; the
+    events around it, in its page, are replayed and rebuilt all the same."""
+    before_fix = _registry_before_key_bytes()
+    poison = pushed(_four_byte_text(1000), 1, "2024-03-05T09:00:00Z")
+    poison["visitorId"] = "v"
+    bodies, expected = _stream()
+    loop = Consumer(settings, before_fix, name="webhook-poison")
+    try:
+        store(loop, [*bodies[:30], poison, *bodies[30:]])
+    finally:
+        loop.close()
+    poison_row = "SELECT status, error FROM events WHERE payload->>'eventId' = %s"
+    (status, error), = query(wh, poison_row, poison["eventId"])
+    assert status == "rejected" and error.startswith("handler: ProgramLimitExceeded")  # isolated by workers/batch.py
+    assert _summary(wh) == expected
+    rows = everything(wh)
+
+    conn = connect(settings.database_url, "test-poison", TOOL)
+    try:
+        # The schemas that let it through load it again: its handler fails again, under its own savepoint.
+        counts = replay(conn, before_fix, settings.tzinfo, Selection(statuses=None))
+        assert counts == {"processed->processed": len(bodies), "rejected->rejected": 1}
+        assert everything(wh) == rows
+        counts = rebuild(conn, before_fix, settings.tzinfo)
+        assert counts == {"processed->processed": len(bodies), "rejected->rejected": 1}
+        assert everything(wh) == rows
+        (status, error), = query(wh, poison_row, poison["eventId"])
+        assert status == "rejected" and error.startswith("handler: ProgramLimitExceeded")
+
+        # Today's schemas reject it, naming the field.
+        assert replay(conn, registry_with_handlers(), settings.tzinfo) == {"rejected->rejected": 1}
+    finally:
+        conn.close()
+    assert query(wh, poison_row, poison["eventId"]) == [
+        ("rejected", "conversationId: Longer than 1000 bytes in UTF-8.")]
+    assert everything(wh) == rows

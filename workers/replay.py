@@ -4,6 +4,13 @@ Events are read back from `events.payload`, classified with today's schemas
 and handlers, their status and error updated, and the handlers applied to the
 ones that now load. The handlers are idempotent, so replaying processed
 events changes nothing that was right. Each page is one transaction.
+
+As in workers/batch.py, nothing one event holds stops the others: a page
+whose handlers fail for its data (not for the database) is applied again
+event by event, each under its own savepoint, and an event that still fails
+is marked `rejected` with the reason. Without that, one such event failed
+its page for good: `replay` stopped there at every run, and `rebuild` (one
+transaction) could never complete.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from pushline.db import DDL_LOCK_TIMEOUT, PARTITION_DDL_LOCK, PUSHLINE_LOCKS
+from pushline.db import DDL_LOCK_TIMEOUT, PARTITION_DDL_LOCK, PUSHLINE_LOCKS, is_transient
 from schemas import push_timezone
 from workers.intake import classify
-from workers.registry import Registry, StoredEvent
+from workers.registry import Handler, Registry, StoredEvent
 from workers.store import apply_handlers
 
 log = logging.getLogger(__name__)
@@ -54,21 +61,66 @@ class Selection:
 
 def _replay_page(cur, rows, registry: Registry, tz) -> Counter:
     """rows: (id, event_key, payload, status, error). Returns transitions 'old->new'."""
-    changes, stored, counts = [], [], Counter()
+    classified, stored = [], []
     with push_timezone(tz):
         for event_id, key, payload, old_status, old_error in rows:
             status, error, event, handler = classify(payload, registry)
-            counts[f"{old_status}->{status}"] += 1
-            if (status, error) != (old_status, old_error):
-                changes.append((event_id, status, error))
+            classified.append((event_id, old_status, old_error, status, error))
             if status == "processed":
                 stored.append((handler, StoredEvent(event_id, key, event)))
+    failed = _apply(cur, stored)
+    changes, counts = [], Counter()
+    for event_id, old_status, old_error, status, error in classified:
+        if event_id in failed:
+            status, error = "rejected", failed[event_id]
+        counts[f"{old_status}->{status}"] += 1
+        if (status, error) != (old_status, old_error):
+            changes.append((event_id, status, error))
     if changes:
         execute_values(cur, """UPDATE events e SET status = v.status, error = v.error, processed_at = now()
                                FROM (VALUES %s) AS v(id, status, error) WHERE e.id = v.id""",
                        sorted(changes), template="(%s::bigint, %s::text, %s::text)", page_size=len(changes))
-    apply_handlers(cur, stored)
     return counts
+
+
+def _apply(cur, stored: list[tuple[Handler, StoredEvent]]) -> dict[int, str]:
+    """Apply the handlers to the page's events, together; when that fails for
+    the data, each event alone under a savepoint. Returns, by events.id, why
+    the events that failed alone did (their handlers' work rolled back).
+    Transient errors propagate: the caller's transaction is retried whole."""
+    if not stored:
+        return {}
+    cur.execute("SAVEPOINT replay_page")
+    try:
+        apply_handlers(cur, stored)
+        failed = {}
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT replay_page")
+        log.warning("replay: a page of %d events failed; applying them one by one", len(stored), exc_info=True)
+        failed = _one_by_one(cur, stored)
+    cur.execute("RELEASE SAVEPOINT replay_page")
+    return failed
+
+
+def _one_by_one(cur, stored: list[tuple[Handler, StoredEvent]]) -> dict[int, str]:
+    failed = {}
+    for handler, event in stored:
+        cur.execute("SAVEPOINT replay_event")
+        try:
+            apply_handlers(cur, [(handler, event)])
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT replay_event")
+            first_line = (str(exc).strip().splitlines() or [""])[0][:500]
+            failed[event.id] = f"handler: {type(exc).__name__}: {first_line}"  # as workers/batch.py words it
+            log.error("replay: event rejected: its handler failed", extra={
+                "event_id": event.id, "event_key": event.key, "event_name": event.event.name,
+                "error": failed[event.id]})
+        cur.execute("RELEASE SAVEPOINT replay_event")
+    return failed
 
 
 def replay(conn, registry: Registry, tz, selection: Selection = Selection()) -> Counter:

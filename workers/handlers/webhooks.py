@@ -26,9 +26,11 @@ locks taken by several handlers in turn could be taken crosswise.
 
 Conversations and satisfaction hold a few events each and are recomputed
 whole. Sessions and availability runs are recomputed from a window: from the
-batch's earliest event of the user (sessions) or from the start of the run
-holding the event just before it (availability); everything before a window
-is final, because pairing and runs depend only on what came before.
+batch's earliest event of the user (sessions) or from the event just before
+the batch's earliest of the channel (availability); everything before a
+window is final, because pairing and runs depend only on what came before.
+Windows are found and read through indexes, one lookup per user or channel,
+so that a batch costs what it touches, not the history of the tables.
 """
 
 from __future__ import annotations
@@ -54,9 +56,6 @@ CREATE TEMP TABLE IF NOT EXISTS stage_webhook_conversation_events (LIKE webhook_
 CREATE TEMP TABLE IF NOT EXISTS stage_satisfaction_events (LIKE satisfaction_events) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_user_events (LIKE user_events) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_availability_events (LIKE availability_events) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_availability_windows (
-    user_id bigint, channel text, from_at timestamptz, from_event text COLLATE "C"
-) ON COMMIT DELETE ROWS;
 """
 
 _CONVERSATION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "kind", "at", "client_id", "project_id",
@@ -148,35 +147,49 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 # just before t0 (its connection is the last one before t0, m), whose end the
 # events from t0 on decide. The end of m's session: the one row at m with an
 # end, when duplicate connections at m made several rows.
-_SESSION_WINDOWS = """
-WITH u AS (SELECT user_id, min(at) AS t0 FROM stage_user_events GROUP BY user_id),
-m AS (
-    SELECT u.user_id, u.t0,
-           (SELECT max(s.connected_at) FROM user_sessions s
-            WHERE s.user_id = u.user_id AND s.connected_at < u.t0) AS m
-    FROM u
-)
+#
+# Every statement here is one index lookup per window, whatever the sizes of
+# the tables. The windows come as arrays (unnest of a literal array: the
+# planner knows how many), not from the staging table, which is never
+# analysed. Each lookup is a LATERAL subquery with OFFSET 0, which the planner
+# cannot flatten into a join: `at >= t0` against a parameter is guessed at a
+# third of the user's rows, so as a join, a few users made a hash join over
+# the whole of user_sessions or user_events look cheaper than the lookups (it
+# read every user's history for a one-event batch). Deletes take the ids the
+# lookups found. Sessions without a connection are looked up apart, through
+# user_sessions_orphan_disconnect: an OR of the two cannot be one index
+# condition.
+_WINDOWS = "unnest(%(users)s::bigint[], %(t0s)s::timestamptz[]) AS w(user_id, t0)"
+
+_SESSION_WINDOWS = f"""
 SELECT m.user_id, m.t0, m.m,
        (SELECT s.disconnected_at FROM user_sessions s WHERE s.user_id = m.user_id AND s.connected_at = m.m
         ORDER BY s.disconnected_at NULLS LAST LIMIT 1) AS m_end
-FROM m
+FROM (SELECT w.user_id, w.t0,
+             (SELECT max(s.connected_at) FROM user_sessions s
+              WHERE s.user_id = w.user_id AND s.connected_at < w.t0) AS m
+      FROM {_WINDOWS}) AS m
 ORDER BY m.user_id
 """
 
-_SESSION_WINDOW = "(SELECT user_id, min(at) AS t0 FROM stage_user_events GROUP BY user_id)"
-
 _DELETE_SESSIONS = f"""
-DELETE FROM user_sessions s
-USING {_SESSION_WINDOW} AS w
-WHERE s.user_id = w.user_id
-  AND (s.connected_at >= w.t0 OR (s.connected_at IS NULL AND s.disconnected_at >= w.t0))
+DELETE FROM user_sessions WHERE id = ANY (ARRAY(
+    SELECT s.id FROM {_WINDOWS} CROSS JOIN LATERAL (
+        SELECT s.id FROM user_sessions s WHERE s.user_id = w.user_id AND s.connected_at >= w.t0 OFFSET 0
+    ) AS s));
+DELETE FROM user_sessions WHERE id = ANY (ARRAY(
+    SELECT s.id FROM {_WINDOWS} CROSS JOIN LATERAL (
+        SELECT s.id FROM user_sessions s
+        WHERE s.user_id = w.user_id AND s.connected_at IS NULL AND s.disconnected_at >= w.t0 OFFSET 0
+    ) AS s))
 """
 
 _WINDOW_EVENTS = f"""
-SELECT e.user_id, e.at, e.kind
-FROM user_events e
-JOIN {_SESSION_WINDOW} AS w ON e.user_id = w.user_id AND e.at >= w.t0
-ORDER BY e.user_id, e.at
+SELECT w.user_id, e.at, e.kind
+FROM {_WINDOWS} CROSS JOIN LATERAL (
+    SELECT e.at, e.kind FROM user_events e WHERE e.user_id = w.user_id AND e.at >= w.t0 OFFSET 0
+) AS e
+ORDER BY 1, 2
 """
 
 # The session open before the window gets the end the window gives it.
@@ -189,53 +202,98 @@ FROM (SELECT DISTINCT ON (o.user_id) o.id, x.disconnected_at
 WHERE s.id = c.id
 """
 
-# Availability runs, per user and channel. The window starts at the run
-# holding the event just before the batch's earliest event of that channel
-# (no such run: the whole history). That run's first event still starts a run
-# (the event before it has another status), so the runs before the window,
-# their ends included, stay as they are; the window's runs are recomputed
-# (gaps and islands: a run starts where the status changes).
-_AVAILABILITY = """
-DELETE FROM stage_availability_windows;
-INSERT INTO stage_availability_windows (user_id, channel, from_at, from_event)
-SELECT x.user_id, x.channel, p.from_at, p.from_event
+# Availability runs, per user and channel. The window starts at p, the event
+# just before the batch's earliest event of that channel (no such event: the
+# whole history). Everything before p is final, and so is the run R holding p
+# but for its end, to_at: the first event after p with another status than
+# p's. The runs after R are deleted and the window's recomputed (gaps and
+# islands: a run starts where the status changes); the first of them starts
+# at p and is R itself, whose new end was set instead. Starting at R's first
+# event would read R's whole run again: all the history of a channel whose
+# status never changes.
+#
+# The windows: per (user, channel) staged, p, R's key and R's new end, each
+# found by one index scan (LATERAL ... LIMIT 1 is a nested loop whatever the
+# staging table's estimate). After that, as for sessions: the windows as
+# arrays, one lookup per window (LATERAL ... OFFSET 0), R updated by its
+# primary key. A window without p starts at ('-infinity', ''), before any
+# event: with coalesce rather than `p IS NULL OR ...`, the row comparison is
+# an index condition on availability_periods' primary key and on
+# availability_events_order.
+_AVAILABILITY_WINDOWS = """
+SELECT x.user_id, x.channel, p.at, p.event_uuid, r.from_at, r.from_event,
+       (SELECT e.at FROM availability_events e
+        WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) > (p.at, p.event_uuid)
+          AND e.status <> p.status
+        ORDER BY e.at, e.event_uuid
+        LIMIT 1) AS run_to
 FROM (SELECT DISTINCT ON (user_id, channel) user_id, channel, at, event_uuid FROM stage_availability_events
       ORDER BY user_id, channel, at, event_uuid) AS x
 LEFT JOIN LATERAL (
-    SELECT p.from_at, p.from_event FROM availability_periods p
-    WHERE p.user_id = x.user_id AND p.channel = x.channel AND (p.from_at, p.from_event) < (x.at, x.event_uuid)
-    ORDER BY p.from_at DESC, p.from_event DESC
+    SELECT e.at, e.event_uuid, e.status FROM availability_events e
+    WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) < (x.at, x.event_uuid)
+    ORDER BY e.at DESC, e.event_uuid DESC
     LIMIT 1
-) AS p ON true;
+) AS p ON true
+LEFT JOIN LATERAL (
+    SELECT r.from_at, r.from_event FROM availability_periods r
+    WHERE r.user_id = x.user_id AND r.channel = x.channel AND (r.from_at, r.from_event) <= (p.at, p.event_uuid)
+    ORDER BY r.from_at DESC, r.from_event DESC
+    LIMIT 1
+) AS r ON true
+ORDER BY x.user_id, x.channel
+"""
 
-DELETE FROM availability_periods p
-USING stage_availability_windows w
-WHERE p.user_id = w.user_id AND p.channel = w.channel
-  AND (w.from_at IS NULL OR (p.from_at, p.from_event) >= (w.from_at, w.from_event));
+_AVAILABILITY_WINDOW = """unnest(%(users)s::bigint[], %(channels)s::text[], %(ats)s::timestamptz[], %(events)s::text[])
+    AS w(user_id, channel, at, event_uuid)"""
+_FROM_P = "(coalesce(w.at, '-infinity'), coalesce(w.event_uuid COLLATE \"C\", ''))"
+
+# Rows of one (user, channel) are written only under that user's lock, which
+# this batch holds: a row's ctid stays put for the statement.
+_AVAILABILITY = f"""
+DELETE FROM availability_periods WHERE ctid = ANY (ARRAY(
+    SELECT p.ctid FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
+        SELECT p.ctid FROM availability_periods p
+        WHERE p.user_id = w.user_id AND p.channel = w.channel AND (p.from_at, p.from_event) > {_FROM_P} OFFSET 0
+    ) AS p));
+
+UPDATE availability_periods p SET to_at = r.to_at
+FROM unnest(%(users)s::bigint[], %(channels)s::text[], %(run_ats)s::timestamptz[], %(run_events)s::text[],
+            %(run_tos)s::timestamptz[]) AS r(user_id, channel, from_at, from_event, to_at)
+WHERE p.user_id = r.user_id AND p.channel = r.channel AND p.from_at = r.from_at
+  AND p.from_event = r.from_event COLLATE "C" AND p.to_at IS DISTINCT FROM r.to_at;
 
 WITH ev AS (
-    SELECT e.user_id, e.channel, e.at, e.event_uuid, e.status,
-           lag(e.status) OVER (PARTITION BY e.user_id, e.channel ORDER BY e.at, e.event_uuid) AS status_before
-    FROM availability_events e
-    JOIN stage_availability_windows w ON e.user_id = w.user_id AND e.channel = w.channel
-    WHERE w.from_at IS NULL OR (e.at, e.event_uuid) >= (w.from_at, w.from_event)
+    SELECT w.user_id, w.channel, e.at, e.event_uuid, e.status, w.at IS NOT NULL AS from_p,
+           lag(e.status) OVER (PARTITION BY w.user_id, w.channel ORDER BY e.at, e.event_uuid) AS status_before
+    FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
+        SELECT e.at, e.event_uuid, e.status FROM availability_events e
+        WHERE e.user_id = w.user_id AND e.channel = w.channel AND (e.at, e.event_uuid) >= {_FROM_P} OFFSET 0
+    ) AS e
 ),
 runs AS (
     SELECT user_id, channel, status, at AS from_at, event_uuid AS from_event,
-           lead(at) OVER (PARTITION BY user_id, channel ORDER BY at, event_uuid) AS to_at
+           lead(at) OVER o AS to_at,
+           from_p AND lag(at) OVER o IS NULL AS is_r  -- the run at p, the window's first: R, updated above
     FROM ev
     WHERE status_before IS DISTINCT FROM status
+    WINDOW o AS (PARTITION BY user_id, channel ORDER BY at, event_uuid)
 )
 INSERT INTO availability_periods (user_id, channel, status, from_at, to_at, from_event)
 SELECT user_id, channel, status, from_at, to_at, from_event FROM runs
+WHERE NOT is_r
 ORDER BY user_id, channel, from_at, from_event;
 """
 
 
+# No JIT for the batch's statements: they are index lookups of a few rows,
+# but a parameter's inequality (`at >= t0`) is guessed at a third of the
+# user's history, so a batch of a few hundred users passes jit_above_cost and
+# spent some 100 ms compiling what runs in a few.
 def _stage(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Fill staging table `table` with exactly these rows (a transaction may
     stage several times: a rebuild's pages, a batch written event by event)."""
-    cur.execute(f"SET LOCAL client_min_messages = warning; {_STAGING}; DELETE FROM {table}")
+    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}; DELETE FROM {table}")
     copy_rows(cur, table, columns, rows)
 
 
@@ -296,20 +354,24 @@ def apply(cur, events: list[StoredEvent]) -> None:
     if users:
         _stage(cur, "stage_user_events", _USER_COLUMNS, users)
         cur.execute(_insert_side("user_events", _USER_COLUMNS))
-        _recompute_sessions(cur)
+        _recompute_sessions(cur, users)
     if availability:
         _stage(cur, "stage_availability_events", _AVAILABILITY_COLUMNS, availability)
         cur.execute(_insert_side("availability_events", _AVAILABILITY_COLUMNS))
-        cur.execute(_AVAILABILITY)
+        _recompute_availability(cur)
 
 
-def _recompute_sessions(cur) -> None:
+def _recompute_sessions(cur, users: list[tuple]) -> None:
     """Pair again, with workers.sessions.pair_sessions (the operators' rule),
-    each staged user's connections from its window on."""
-    cur.execute(_SESSION_WINDOWS)
+    each staged user's connections from its window on (users: the staged rows)."""
+    t0 = {}
+    for _, _, user, at, _ in users:
+        t0[user] = min(at, t0.get(user, at))
+    params = {"users": sorted(t0), "t0s": [t0[user] for user in sorted(t0)]}
+    cur.execute(_SESSION_WINDOWS, params)
     windows = cur.fetchall()
-    cur.execute(_DELETE_SESSIONS)
-    cur.execute(_WINDOW_EVENTS)
+    cur.execute(_DELETE_SESSIONS, params)
+    cur.execute(_WINDOW_EVENTS, params)
     kinds = {"connected": "login", "disconnected": "logout"}
     by_user = {user: [(at, kinds[kind]) for _, at, kind in rows]
                for user, rows in groupby(cur.fetchall(), key=lambda r: r[0])}
@@ -325,3 +387,15 @@ def _recompute_sessions(cur) -> None:
         cur.execute(_CLOSE_BEFORE, tuple(map(list, zip(*closes, strict=True))))
     if sessions:
         copy_rows(cur, "user_sessions", ("user_id", "connected_at", "disconnected_at"), sessions)
+
+
+def _recompute_availability(cur) -> None:
+    """Recompute each staged (user, channel)'s runs from its window on."""
+    cur.execute(_AVAILABILITY_WINDOWS)
+    windows = []
+    for user, channel, at, event, run_at, run_event, run_to in cur.fetchall():
+        if at is not None and run_at is None:  # no run holds p (never so when the tables agree): start over
+            at = event = None
+        windows.append((user, channel, at, event, run_at, run_event, run_to))
+    names = ("users", "channels", "ats", "events", "run_ats", "run_events", "run_tos")
+    cur.execute(_AVAILABILITY, dict(zip(names, map(list, zip(*windows, strict=True)), strict=True)))

@@ -28,9 +28,9 @@ import redis
 from pushline import devstack
 from pushline.db import migrate
 from tests import http_client as http
-from tests import oracle
+from tests import oracle, oracle_webhooks
 from tests.conftest import TABLES, TOKEN, free_port, make_settings, start_beat, start_web, start_worker, wait_for
-from tests.helpers import conversation, login, logout
+from tests.helpers import closed, connected, conversation, disconnected, login, logout, pushed
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
@@ -134,15 +134,24 @@ def stack(tmp_path_factory):
 
 
 def numbered(n: int, offset: int = 0) -> list[dict]:
-    """Distinct events: per group of four, a login, a start, an end and a logout."""
+    """Distinct events, both formats on one URL: per group of eight, a login, a
+    start, an end and a logout (the Push API), then a user's connection, a
+    conversation pushed and closed, and a disconnection (today's webhooks)."""
     base = dt.datetime(2014, 1, 1, 8)
+    base_v2 = dt.datetime(2024, 3, 5, 8, tzinfo=dt.UTC)
     bodies = []
     for i in range(offset, offset + n):
-        at = (base + dt.timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S")
-        group, kind = divmod(i, 4)
+        group, kind = divmod(i, 8)
         op = group % 7
-        bodies.append([login(op, at), conversation("start", group, at, op=op),
-                       conversation("end", group, at, op=op), logout(op, at)][kind])
+        if kind < 4:
+            at = (base + dt.timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S")
+            bodies.append([login(op, at), conversation("start", group, at, op=op),
+                           conversation("end", group, at, op=op), logout(op, at)][kind])
+        else:
+            at = (base_v2 + dt.timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+            cid = f"00000000-0000-4000-8000-{group:012d}"
+            bodies.append([connected(op, at), pushed(cid, op, at), closed(cid, [op], at),
+                           disconnected(op, at)][kind - 4])
     return bodies
 
 
@@ -199,6 +208,8 @@ def identity(body) -> str:
     Numbers are compared as exact decimals: 1e400 as pushed and as PostgreSQL prints it are equal."""
     text = body if isinstance(body, bytes | str) else json.dumps(body)
     value = json.loads(text, parse_int=_number, parse_float=_number)
+    if isinstance(value.get("eventType"), str) and not isinstance(value.get("name"), str):
+        return json.dumps(["webhook", value.get("eventId")])  # CONTRACT 7: one eventId, one event
     return json.dumps([value.get("name"), (value.get("datetime") or {}).get("created"), value.get("parameters")],
                       sort_keys=True, default=str)
 
@@ -272,9 +283,13 @@ def settle(stack, sender: Sender, name: str, fault_ended: float, statuses: set[i
     assert not miscounted, f"{len(miscounted)} events with deliveries outside [202s, pushes]: {miscounted[:3]}"
     with contextlib.closing(psycopg2.connect(stack.database_url)) as conn:
         convs, sessions = oracle.read_tables(conn)
+        webhook_tables = oracle_webhooks.read_webhook_tables(conn)
     bodies = [sent[i] if isinstance(sent[i], dict) else json.loads(sent[i]) for i in stored]
-    assert convs == oracle.conversations(bodies)
-    assert sessions == oracle.operator_sessions(bodies)
+    webhooks = [b for b in bodies if isinstance(b.get("eventType"), str) and not isinstance(b.get("name"), str)]
+    push_api = [b for b in bodies if b not in webhooks]
+    assert convs == oracle.conversations(push_api)
+    assert sessions == oracle.operator_sessions(push_api)
+    assert oracle_webhooks.mismatch(webhook_tables, oracle_webhooks.expected(webhooks)) is None
 
 
 def test_worker_sigkill_mid_stream_then_restart(stack, case):
@@ -464,9 +479,9 @@ def test_a_number_beyond_a_float_delivered_twice(stack, case):
         assert sender.push(BEYOND_A_FLOAT).status == 202
         wait_for(lambda n=times: stored_events(stack).get(identity(BEYOND_A_FLOAT)) == n, timeout=30,
                  what=f"x.y stored with deliveries {times}")
-    pushed = time.monotonic()
+    pushed_at = time.monotonic()
     sender.start()
-    settle(stack, sender, "1e400 twice, then events", pushed, statuses={202})
+    settle(stack, sender, "1e400 twice, then events", pushed_at, statuses={202})
     assert stack.sql("SELECT deliveries, status, payload->>'n' FROM events WHERE name = 'x.y'") == [
         (2, "unhandled", "1" + "0" * 400)]
 
@@ -485,9 +500,9 @@ def test_a_month_end_west_of_utc_goes_to_the_utc_month(stack, case):
     assert at.day == 1 and at.month != dt.date.fromisoformat(created[:10]).month
     sender = Sender(case["url"], numbered(200), rate=50)
     assert sender.push(login(99, created)).status == 202
-    pushed = time.monotonic()
+    pushed_at = time.monotonic()
     sender.start()
-    settle(stack, sender, "month end at -03:00, then events", pushed, statuses={202})
+    settle(stack, sender, "month end at -03:00, then events", pushed_at, statuses={202})
     assert stack.sql("SELECT tableoid::regclass::text, created_at FROM events WHERE name = 'operator.login'"
                      " AND payload->'parameters'->>'operator_id' = '99'") == [(f"events_{at:%Y_%m}", at)]
     assert stack.sql("SELECT count(*) FROM events_undated") == [(0,)]  # every event here is dated

@@ -29,17 +29,21 @@ from pushline.resp import RespConnection
 # is the script's first write: each script below starts with one that cannot
 # (a ZREM of nothing), so that claims, leases and acks go on while Redis is full
 # and what they free makes room again.
+# ARGV[4] '1': return only how many were claimed (a dispatcher hands the batch
+# over by its id; its items would cross the wire and be parsed for nothing).
 _CLAIM = """
 local n = tonumber(ARGV[1])
-if n < 1 then return {} end
+local count_only = ARGV[4] == '1'
+if n < 1 then if count_only then return 0 end return {} end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
-if #items == 0 then return items end
+if #items == 0 then if count_only then return 0 end return items end
 redis.call('ZREM', KEYS[3], '')
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 for i = 1, #items, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
 end
 redis.call('LTRIM', KEYS[1], 0, -#items - 1)
+if count_only then return #items end
 return items
 """
 
@@ -203,6 +207,10 @@ STRIKE_LIMIT = 3
 class Batch:
     id: str
     items: list[bytes]
+    size: int = -1  # claimed without its items (EventQueue.claim(with_items=False)); else len(items)
+
+    def __len__(self) -> int:
+        return self.size if self.size >= 0 else len(self.items)
 
 
 # How long a push waits for its replicas before it goes to the spool instead.
@@ -305,7 +313,8 @@ class EventQueue:
         index, item = got
         return sources[int(index) - 1], Batch(batch_id, [item])
 
-    def claim(self, max_items: int, block_seconds: float = 0, wait_seconds: float = 0) -> Batch | None:
+    def claim(self, max_items: int, block_seconds: float = 0, wait_seconds: float = 0,
+              with_items: bool = True) -> Batch | None:
         """Take up to `max_items` of the oldest events under a fresh lease.
 
         With `block_seconds`, wait that long for a first event when the queue
@@ -313,11 +322,22 @@ class EventQueue:
         arrives in the batch list is never without one. With `wait_seconds`, a
         batch short of `max_items` waits that long once for more: at moderate
         rates one transaction then carries many events instead of one each.
+        Without `with_items`, the batch comes back with its size only.
         """
         batch_id = uuid.uuid4().hex
         key = self.batch_prefix + batch_id
-        items = self._claim(keys=[self.incoming, key, self.leases], args=[max_items, self._deadline(), batch_id])
-        if not items:
+        flag = "0" if with_items else "1"
+
+        def take(n: int) -> list[bytes] | int:
+            return self._claim(keys=[self.incoming, key, self.leases], args=[n, self._deadline(), batch_id, flag])
+
+        def count(got) -> int:
+            return len(got) if with_items else int(got)
+
+        got = take(max_items)
+        items: list[bytes] = list(got) if with_items else []
+        size = count(got)
+        if not size:
             if not block_seconds:
                 return None
             self._lease(keys=[self.leases], args=["NEW", self._deadline(), batch_id])
@@ -328,14 +348,16 @@ class EventQueue:
             # Registered again: had we stalled past the lease before BLMOVE ran, a
             # sweep would have ended it, and the item would sit in a list nobody owns.
             self._lease(keys=[self.leases], args=["NEW", self._deadline(), batch_id])
-            items = [first, *self._claim(keys=[self.incoming, key, self.leases],
-                                         args=[max_items - 1, self._deadline(), batch_id])]
-        items = list(items)
-        if wait_seconds and len(items) < max_items:
+            got = take(max_items - 1)
+            items = [first, *got] if with_items else []
+            size = 1 + count(got)
+        if wait_seconds and size < max_items:
             time.sleep(wait_seconds)
-            items += self._claim(keys=[self.incoming, key, self.leases],
-                                 args=[max_items - len(items), self._deadline(), batch_id])
-        return Batch(batch_id, items)
+            got = take(max_items - size)
+            if with_items:
+                items += got
+            size += count(got)
+        return Batch(batch_id, items) if with_items else Batch(batch_id, [], size)
 
     def start(self, batch_id: str, owner: str = "in place") -> bool:
         """Begin work on a claimed batch as `owner`: False when its lease is gone

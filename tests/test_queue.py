@@ -187,3 +187,15 @@ def test_a_push_that_no_replica_confirms_is_not_replicated(queue, settings):
         assert time.monotonic() - started >= REPLICA_WAIT_MS / 1000 * 0.9
         assert q.push(b"x\tdefault\t1.0\n{}", high_water=100) >= 1  # without the requirement: at once
     assert queue.depth() == 4  # WAIT does not undo the LPUSH: the spool's copy is the same receipt
+
+
+def test_a_claim_without_items_moves_them_and_says_how_many(queue):
+    for i in range(5):
+        queue.push(b"c%d\tdefault\t1.0\n{}" % i, high_water=100)
+    batch = queue.claim(3, with_items=False)
+    assert batch.items == [] and len(batch) == 3 and queue.depth() == 2
+    assert sorted(queue.items(batch.id)) == [b"c0\tdefault\t1.0\n{}", b"c1\tdefault\t1.0\n{}",
+                                             b"c2\tdefault\t1.0\n{}"]  # the three oldest
+    short = queue.claim(10, with_items=False, wait_seconds=0.01)
+    assert len(short) == 2 and queue.depth() == 0 and queue.claimed() == 2
+    assert queue.claim(10, with_items=False) is None

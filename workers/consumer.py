@@ -97,15 +97,17 @@ class Consumer:
         self._conn = None
 
     # -- claiming ----------------------------------------------------------
-    def claim(self, block_seconds: float = redis_client.BLOCK_SECONDS) -> tuple[Batch, str] | None:
+    def claim(self, block_seconds: float = redis_client.BLOCK_SECONDS,
+              with_items: bool = True) -> tuple[Batch, str] | None:
         """The next batch under a fresh lease: first a struck or suspect item
-        (one at a time), else up to PUSHLINE_BATCH_SIZE events of the queue."""
+        (one at a time), else up to PUSHLINE_BATCH_SIZE events of the queue
+        (without its items when the caller only hands the batch over by id)."""
         one = self.queue.claim_one(self.queue.struck, self.queue.suspect)
         if one is not None:
             source, batch = one
             return batch, STRUCK if source == self.queue.struck else SUSPECT
         batch = self.queue.claim(self.settings.batch_size, block_seconds=block_seconds,
-                                 wait_seconds=self.settings.batch_wait_ms / 1000)
+                                 wait_seconds=self.settings.batch_wait_ms / 1000, with_items=with_items)
         return (batch, BATCH) if batch is not None else None
 
     def step(self, block_seconds: float = redis_client.BLOCK_SECONDS) -> int:

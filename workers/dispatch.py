@@ -39,7 +39,7 @@ import redis
 from pushline import redis_client
 from pushline.config import Settings
 from pushline.db import connect, is_transient
-from pushline.queue import EventQueue
+from pushline.queue import Batch, EventQueue
 from pushline.workerstats import WorkerStats
 from workers import housekeeping
 from workers.consumer import Consumer, Transient
@@ -162,13 +162,15 @@ class Dispatcher:
             return
         # Block on an empty queue only when nothing is in flight; else come back
         # soon to collect what the pool finished.
-        claimed = self.consumer.claim(block_seconds=redis_client.BLOCK_SECONDS if not self.in_flight else 0)
+        # The task reads the items itself: they need not cross to this process too.
+        claimed = self.consumer.claim(block_seconds=redis_client.BLOCK_SECONDS if not self.in_flight else 0,
+                                      with_items=False)
         if claimed is None:
             if self.in_flight:
                 self.collect(block=True, timeout=0.05)
             return
         batch, kind = claimed
-        self.in_flight[batch.id] = (time.time(), len(batch.items))
+        self.in_flight[batch.id] = (time.time(), len(batch))
         self.phase = f"sending batch {batch.id}"
         try:
             self.send(batch.id, kind, self.name)
@@ -178,13 +180,14 @@ class Dispatcher:
                         batch.id, type(exc).__name__, exc)
             self.in_flight.pop(batch.id, None)
             self.phase = f"processing batch {batch.id} in place"
+            batch = Batch(batch.id, self.queue.items(batch.id)) if not batch.items else batch
             try:
                 self.consumer.process(batch, kind)
             except Transient:
                 self.consumer.give_back(batch, strike=False)
                 raise
             self.in_place += 1
-            self._progress(len(batch.items))
+            self._progress(len(batch))
 
     def _progress(self, events: int) -> None:
         self.last_progress = time.time()
@@ -285,9 +288,7 @@ class Dispatcher:
         }
 
 
-def _batch(batch_id: str):
-    from pushline.queue import Batch
-
+def _batch(batch_id: str) -> Batch:
     return Batch(batch_id, [])
 
 

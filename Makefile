@@ -49,8 +49,9 @@ migrate: $(STAMP) ## apply database migrations (idempotent; needs DATABASE_URL)
 stats: $(STAMP) ## queue depth, lag and event counts
 	$(PY) -m pushline.cli stats
 
-bench: $(BENCH_STAMP) ## throughput and latency figures (writes bench/results.json and results.png)
+bench: $(BENCH_STAMP) ## throughput and latency figures (bench/results.json, results.png, ack_settings.json)
 	$(PY) -m bench.run
+	$(PY) -m bench.ack_settings
 
 explain: $(STAMP) ## EXPLAIN the hot queries on 1,000,000 events (writes docs/indexes.md)
 	$(PY) -m bench.explain

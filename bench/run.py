@@ -16,7 +16,13 @@ Prints a table and writes bench/results.json (and bench/results.png):
     on the same bodies;
     the textbook (bench/textbook.py: a Celery task and a committed upsert per event)
     with 1 and 2 processes, on --textbook-events of them;
-  and the ratios of 2 Pushline workers to each (the median of the rounds' ratios).
+    Pushline with 2 workers (-c 1 each) on a mixed stream of as many events: half
+    these Push API bodies, half today's webhooks (bench/webhooks.py: a simulated
+    desk's conversations, transfers, closes, satisfaction answers, connections and
+    availability updates, each with its own eventId), interleaved one for one; every
+    event must end stored `processed` (counted by status after each run);
+  and the ratios of 2 Pushline workers to each (the median of the rounds' ratios),
+  and of the mixed stream to the Push API alone (2 workers each; goal >= 0.85).
 - lag: time from the receipt (the 202) to the row being visible, at half the
   measured ack throughput, with the web and 2 workers of one process each;
 - memory: peak RSS of a web process and of a worker's processes; Redis bytes per
@@ -45,6 +51,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from bench.webhooks import describe, mixed_bodies, webhook_bodies
 from pushline import devstack
 from pushline.db import migrate
 from pushline.envelope import Envelope
@@ -56,6 +63,14 @@ TOKEN = "bench-token-0123456789abcdef"
 LOGS = ROOT / "var" / "bench"
 GAP_SECONDS = 5.0
 ACK_RATIO_GOAL = 0.75  # POST /push over the tuned no-op reference
+MIXED_RATIO_GOAL = 0.85  # the mixed stream over the Push API alone, 2 workers each
+# Emptied before each drain: events, the Push API's tables and the webhooks' (those that exist).
+TABLES = ("events", "conversations", "operator_sessions", "operator_events", "spool", "webhook_locks",
+          "webhook_conversation_events", "satisfaction_events", "user_events", "availability_events",
+          "conversations_v2", "conversation_assignments", "satisfaction", "user_sessions", "availability_periods")
+# Analyst tables of the webhooks, counted after a mixed drain.
+WEBHOOK_TABLES = ("conversations_v2", "conversation_assignments", "satisfaction", "user_sessions",
+                  "availability_periods")
 PACED_P99_GOAL_MS = 20
 
 
@@ -68,10 +83,10 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT):
         self.log = LOGS / f"{name}.log"
         self.handle = open(self.log, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.handle, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -152,6 +167,12 @@ def paced_wrk(url: str, rate: float, seconds: int, connections: int = 32) -> dic
 
 
 class Bench:
+    # The checkout whose workers run (cwd and PYTHONPATH), its database, and the log
+    # line that says a worker is ready: bench/compare_design.py points them at another.
+    code = ROOT
+    database = "pushline_bench"
+    ready = "dispatcher started"
+
     def __init__(self, args):
         self.args = args
         self.env = dict(os.environ)
@@ -160,20 +181,26 @@ class Bench:
         admin = psycopg2.connect(base + "/postgres")
         admin.autocommit = True
         with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'pushline_bench'")
-            cur.execute("DROP DATABASE IF EXISTS pushline_bench")
-            cur.execute("CREATE DATABASE pushline_bench")
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.database,))
+            cur.execute(f"DROP DATABASE IF EXISTS {self.database}")
+            cur.execute(f"CREATE DATABASE {self.database}")
         admin.close()
-        self.database_url = base + "/pushline_bench"
-        migrate(self.database_url, "UTC")
+        self.database_url = f"{base}/{self.database}"
+        self.migrate()
         self.redis_url = self.env["REDIS_URL"]
         self.redis = redis.Redis.from_url(self.redis_url)
         self.clear_redis()
         self.proc_env = {**self.env, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                          "PUSH_TOKENS": TOKEN, "PUSHLINE_QUEUE_PREFIX": PREFIX, "PUSHLINE_ACCESS_LOG": "0",
-                         "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+                         "PYTHONPATH": str(self.code), "LOG_LEVEL": "WARNING"}
         self.db = psycopg2.connect(self.database_url)
         self.db.autocommit = True
+        with self.db.cursor() as cur:
+            cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(TABLES),))
+            self.tables = [t for (t,) in cur.fetchall()]
+
+    def migrate(self) -> None:
+        migrate(self.database_url, "UTC")
 
     def clear_redis(self):
         for pattern in (f"{PREFIX}:*", "pushline-bench-textbook:*", "pushline-bench-textbook-batch:*"):
@@ -183,12 +210,21 @@ class Bench:
     def truncate(self):
         with self.db.cursor() as cur:
             # Ids from 1 again: the lag poller reads the ids above those it saw.
-            cur.execute("TRUNCATE events, conversations, operator_sessions, operator_events, spool RESTART IDENTITY")
+            cur.execute(f"TRUNCATE {', '.join(self.tables)} RESTART IDENTITY")
 
     def count(self) -> int:
         with self.db.cursor() as cur:
             cur.execute("SELECT count(*) FROM events")
             return cur.fetchone()[0]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.db.cursor() as cur:
+            cur.execute("SELECT status, count(*) FROM events GROUP BY status ORDER BY status")
+            return dict(cur.fetchall())
+
+    def webhook_rows(self) -> dict[str, int]:
+        with self.db.cursor() as cur:
+            return {t: (cur.execute(f"SELECT count(*) FROM {t}"), cur.fetchone()[0])[1] for t in WEBHOOK_TABLES}
 
     def close(self):
         self.db.close()
@@ -284,11 +320,14 @@ class Bench:
         """`count` processes `pushline worker -c concurrency -P pool`, each its own node."""
         return [Proc(f"worker-{label}-{i}", [sys.executable, "-m", "pushline.cli", "worker", "--name",
                                              f"{label}-{i}@bench", "-c", str(concurrency), "-P", pool],
-                     {**self.proc_env, "LOG_LEVEL": "INFO"})
+                     {**self.proc_env, "LOG_LEVEL": "INFO"}, cwd=self.code)
                 for i in range(count)]
 
     def drain(self, label: str, bodies: list[bytes], workers: int, concurrency: int = 1,
-              pool: str = "prefork") -> dict:
+              pool: str = "prefork", all_processed: bool = False, observer=None) -> dict:
+        """Time `workers` workers draining `bodies` from a pre-filled queue; with
+        `all_processed`, fail unless every event was stored `processed`. An `observer`
+        (bench/hotspots.py) is told when the drain starts and ends (start/stop(procs))."""
         self.truncate()
         self.clear_redis()
         staging = f"{PREFIX}:staging"
@@ -296,7 +335,9 @@ class Bench:
         procs = self.workers(label, workers, concurrency, pool)
         try:
             for p in procs:
-                wait_for(lambda p=p: "dispatcher started" in p.output(), 60, "a worker to start")
+                wait_for(lambda p=p: self.ready in p.output(), 60, "a worker to start")
+            if observer is not None:
+                observer.start(procs)
             start = time.monotonic()
             self.redis.rename(staging, f"{PREFIX}:incoming")
             # Done when the queue is empty and no lease holds events: workers ack a batch
@@ -305,6 +346,8 @@ class Bench:
             queue = EventQueue(self.redis, PREFIX)
             wait_for(lambda: queue.depth() == 0 and queue.claimed() == 0, 600, "the queue to drain", interval=0.01)
             elapsed = time.monotonic() - start
+            if observer is not None:
+                observer.stop(procs)
             rss = max(peak_rss_mb(pid) for p in procs for pid in p.pids())
         finally:
             for p in procs:
@@ -312,9 +355,16 @@ class Bench:
         stored = self.count()
         if stored != len(bodies):
             raise RuntimeError(f"drain stored {stored} of {len(bodies)} events")
-        return {"events": len(bodies), "workers": workers, "concurrency": concurrency, "pool": pool,
-                "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) / elapsed),
-                "worker_peak_rss_mb": round(rss, 1), "redis_bytes_per_event": round(per_event)}
+        result = {"events": len(bodies), "workers": workers, "concurrency": concurrency, "pool": pool,
+                  "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) / elapsed),
+                  "worker_peak_rss_mb": round(rss, 1), "redis_bytes_per_event": round(per_event)}
+        if all_processed:
+            # A webhook the workers reject (or leave unhandled) means the generator is wrong.
+            result["by_status"] = self.count_by_status()
+            if result["by_status"] != {"processed": len(bodies)}:
+                raise RuntimeError(f"mixed drain: not every event processed: {result['by_status']}")
+            result["webhook_rows"] = self.webhook_rows()
+        return result
 
     def textbook(self, bodies: list[bytes], concurrency: int) -> dict:
         """One Celery message and one committed transaction per event."""
@@ -446,6 +496,7 @@ DRAIN_RUNS = {
     "batch_2": "batch baseline, 2 processes",
     "drain_1": "Pushline, 1 worker (-c 1)",
     "drain_2": "Pushline, 2 workers (-c 1 each)",
+    "drain_mixed_2": "Pushline, 2 workers, mixed Push API + webhooks",
     "drain_c2": "Pushline, 1 worker -c 2 (prefork)",
     "drain_c2_threads": "Pushline, 1 worker -P threads -c 2",
 }
@@ -458,6 +509,7 @@ DRAIN_RATIOS = {
     "two_workers_vs_one": ("drain_2", "drain_1", 2),
     "c2_vs_two_workers": ("drain_c2", "drain_2", 2),
     "threads_vs_prefork_c2": ("drain_c2_threads", "drain_c2", 2),
+    "mixed_vs_push_api": ("drain_mixed_2", "drain_2", 3),
 }
 
 
@@ -467,12 +519,14 @@ def drain_rounds(bench: Bench, args) -> dict:
     whose 2-workers/batch-baseline ratio is nearest that median."""
     bodies = Bench.bodies(args.events)
     textbook_bodies = Bench.bodies(args.textbook_events)
+    mixed = mixed_stream(args.events)
     runs = {"textbook_1": lambda: bench.textbook(textbook_bodies, 1),
             "textbook_2": lambda: bench.textbook(textbook_bodies, 2),
             "batch_1": lambda: bench.textbook_batch(bodies, 1, args.batch),
             "batch_2": lambda: bench.textbook_batch(bodies, 2, args.batch),
             "drain_1": lambda: bench.drain("w1", bodies, 1),
             "drain_2": lambda: bench.drain("w2", bodies, 2),
+            "drain_mixed_2": lambda: bench.drain("mixed", mixed, 2, all_processed=True),
             "drain_c2": lambda: bench.drain("c2", bodies, 1, concurrency=2),
             "drain_c2_threads": lambda: bench.drain("c2t", bodies, 1, concurrency=2, pool="threads")}
     assert list(runs) == list(DRAIN_RUNS)
@@ -488,9 +542,28 @@ def drain_rounds(bench: Bench, args) -> dict:
         rate = {name: r[name]["events_per_s"] for name in runs}
         r["ratios"] = {key: round(rate[a] / rate[b], digits) for key, (a, b, digits) in DRAIN_RATIOS.items()}
         rounds.append(r)
-    ratios = {key: round(statistics.median(r["ratios"][key] for r in rounds), 2) for key in DRAIN_RATIOS}
+    ratios = {key: round(statistics.median(r["ratios"][key] for r in rounds), max(2, digits))
+              for key, (_, _, digits) in DRAIN_RATIOS.items()}
     shown = min(rounds, key=lambda r: abs(r["ratios"]["two_workers_vs_batch"] - ratios["two_workers_vs_batch"]))
-    return {"rounds": rounds, **{name: shown[name] for name in runs}, "drain_ratios": ratios}
+    return {"rounds": rounds, **{name: shown[name] for name in runs}, "drain_ratios": ratios,
+            "mixed_stream": describe(mixed)}
+
+
+def mixed_stream(events: int) -> list[bytes]:
+    """`events` bodies: half the drain's Push API bodies, half webhooks, one for one."""
+    return mixed_bodies(Bench.bodies(events - events // 2), webhook_bodies(events // 2))
+
+
+def code_state() -> dict:
+    """The commit measured, and the files outside bench/ that differ from it (the
+    checkout is shared: figures belong to the code as it was during the run)."""
+    def git(*argv):
+        done = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()
+               if not line[3:].startswith(("bench/", "var/"))]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted": changed}
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -516,7 +589,8 @@ def main(argv=None) -> int:
         return 2
     LOGS.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
-    results: dict = {"machine": {"cores": os.cpu_count()}, "when": dt.datetime.now(dt.UTC).isoformat()}
+    results: dict = {"machine": {"cores": os.cpu_count()}, "when": dt.datetime.now(dt.UTC).isoformat(),
+                     "code": code_state(), "load_at_start": Path("/proc/loadavg").read_text().split()[:3]}
     try:
         parts = args.only or ["ack", "drain", "lag"]
         if "ack" in parts:
@@ -588,6 +662,14 @@ def print_table(r: dict) -> None:
             ("drain: 1 worker -c 2 / 2 workers -c 1", f"{dr['c2_vs_two_workers']}x",
              f"threads / prefork at -c 2: {dr['threads_vs_prefork_c2']}x"),
         ]
+        if "mixed_vs_push_api" in dr:
+            each = " ".join(f"{x['ratios']['mixed_vs_push_api']:.3f}" for x in r["rounds"])
+            rows.append(("drain: mixed / Push API only (2 workers -c 1)", f"{dr['mixed_vs_push_api']:.3f}x",
+                         f"goal >= {MIXED_RATIO_GOAL}; rounds: {each}"))
+    if "drain_mixed_2" in r and "by_status" in r["drain_mixed_2"]:
+        m = r["drain_mixed_2"]
+        rows.append(("drain: mixed stream stored", "", ", ".join(f"{n:,} {s}" for s, n in m["by_status"].items())
+                     + "; " + ", ".join(f"{t} {n:,}" for t, n in m["webhook_rows"].items())))
     if "lag" in r:
         lg = r["lag"]
         rows.append(("lag 202 -> row visible", f"at {lg['sent_rps']} req/s",

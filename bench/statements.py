@@ -1,0 +1,124 @@
+"""The time a batch spends on each SQL statement, and in Python around them.
+
+    python -m bench.statements [--stream push|mixed|webhooks] [--events 20000]
+
+Batches of PUSHLINE_BATCH_SIZE queue items (the drain's bodies, in queue order)
+go one after the other through the workers' own batch code
+(workers.batch.process_items: intake, one transaction, the handlers) in this
+process, on one connection whose cursors time every execute and COPY: per
+statement the calls and milliseconds per batch (the round trip: the server's
+work and the wait for it), the commit, and the Python time that is left. One
+process, no Celery and no second worker: a breakdown of a batch's own work, not
+a throughput figure (bench/run.py measures those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+import uuid
+
+import psycopg2
+import psycopg2.extensions
+
+from bench.run import LOGS, Bench
+from bench.webhooks import mixed_bodies, webhook_bodies
+from pushline.config import Settings
+from pushline.db import _KEEPALIVES, WORKER
+from pushline.envelope import Envelope
+
+TIMES: collections.Counter = collections.Counter()
+CALLS: collections.Counter = collections.Counter()
+
+
+def statement_name(sql) -> str:
+    text = sql.decode() if isinstance(sql, bytes) else str(sql)
+    if text.lstrip().upper().startswith("COPY"):
+        return " ".join(text.split()[:2])
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    first = " ".join(lines[:2]) if lines and lines[0].upper().startswith("WITH") else (lines[0] if lines else "")
+    return re.sub(r"\s+", " ", first)[:90]
+
+
+class TimedCursor(psycopg2.extensions.cursor):
+    def execute(self, sql, args=None):
+        started = time.perf_counter()
+        try:
+            return super().execute(sql, args)
+        finally:
+            name = statement_name(sql)
+            TIMES[name] += time.perf_counter() - started
+            CALLS[name] += 1
+
+    def copy_expert(self, sql, file, size=8192):
+        started = time.perf_counter()
+        try:
+            return super().copy_expert(sql, file, size)
+        finally:
+            name = statement_name(sql)
+            TIMES[name] += time.perf_counter() - started
+            CALLS[name] += 1
+
+
+class TimedConnection(psycopg2.extensions.connection):
+    def commit(self):
+        started = time.perf_counter()
+        try:
+            return super().commit()
+        finally:
+            TIMES["COMMIT"] += time.perf_counter() - started
+            CALLS["COMMIT"] += 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stream", choices=["push", "mixed", "webhooks"], default="mixed")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    half = args.events // 2
+    bodies = {"push": lambda: Bench.bodies(args.events), "webhooks": lambda: webhook_bodies(args.events),
+              "mixed": lambda: mixed_bodies(Bench.bodies(args.events - half), webhook_bodies(half))}[args.stream]()
+    bench = Bench(args)
+    try:
+        bench.truncate()
+        from workers.batch import process_items
+        from workers.handlers import registry_with_handlers
+
+        settings = Settings.from_env()
+        registry = registry_with_handlers()
+        conn = psycopg2.connect(bench.database_url, connection_factory=TimedConnection, cursor_factory=TimedCursor,
+                                application_name="pushline-bench-statements", options=WORKER.options(),
+                                **_KEEPALIVES)
+        now = time.time()
+        items = [Envelope(uuid.uuid4().hex, "default", now, body).encode() for body in bodies]
+        size = settings.batch_size
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        started = time.perf_counter()
+        for batch in batches:
+            result = process_items(conn, batch, registry, settings.tzinfo, settings.max_custom_data_keys)
+            if result.dead:
+                raise RuntimeError(f"dead letters: {result.dead[:1]}")
+        total = time.perf_counter() - started
+        conn.close()
+        by_status = bench.count_by_status()
+    finally:
+        bench.close()
+    sql = sum(TIMES.values())
+    n = len(batches)
+    print(f"{args.stream}: {len(items):,} events in {n} batches of {size}: {1000 * total / n:.1f} ms a batch "
+          f"({len(items) / total:,.0f} ev/s in one process); stored {by_status}")
+    print(f"  {'ms/batch':>8} {'share':>6} {'calls/batch':>11}  statement")
+    print(f"  {1000 * (total - sql) / n:8.2f} {100 * (total - sql) / total:5.1f}% {'':>11}  Python (intake, COPY text,"
+          " handlers' own code)")
+    for name, seconds in TIMES.most_common(args.top):
+        print(f"  {1000 * seconds / n:8.2f} {100 * seconds / total:5.1f}% {CALLS[name] / n:11.1f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

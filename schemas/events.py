@@ -10,9 +10,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, validate
 
-from schemas.fields import Id, InlineNested, PushDateTime, limit_keys, parse_push_datetime
+from schemas.fields import Dict, Id, InlineNested, PushDateTime, String, limit_keys, parse_push_datetime
 
 CONVERSATION_TYPES = ("chat", "call", "video")
 
@@ -33,14 +33,14 @@ class OperatorParameters(_Base):
 
 class ConversationEndParameters(_Base):
     conversation_id = Id(required=True)
-    type = fields.String(required=True, validate=validate.OneOf(CONVERSATION_TYPES))
+    type = String(required=True, validate=validate.OneOf(CONVERSATION_TYPES))
     operator_id = Id(required=True)
     website_id = Id(required=True)
     group_id = Id(required=True)
 
 
 class ConversationStartParameters(ConversationEndParameters):
-    custom_data = fields.Dict(load_default=None, allow_none=True, validate=limit_keys)
+    custom_data = Dict(load_default=None, allow_none=True, validate=limit_keys)
 
 
 def _event_schema(parameters: type[Schema]) -> Schema:
@@ -48,7 +48,7 @@ def _event_schema(parameters: type[Schema]) -> Schema:
         f"{parameters.__name__.removesuffix('Parameters')}Event",
         (_Base,),
         {
-            "name": fields.String(required=True),
+            "name": String(required=True),
             "datetime": InlineNested(DatetimeSchema, required=True),
             "parameters": InlineNested(parameters, required=True),
         },

@@ -8,7 +8,6 @@ Every item becomes an Incoming: processed (a known name that loads), rejected
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from marshmallow import ValidationError
 
 from pushline.envelope import Envelope
 from pushline.identity import event_key
-from pushline.jsonvalues import dumps_exact, loads_exact, needs_exact
+from pushline.jsonvalues import dumps_exact, loads
 from schemas import load_event, peek_datetime
 from schemas.events import Event
 from schemas.webhooks import is_webhook, load_webhook, peek_webhook_time
@@ -113,7 +112,7 @@ def _first_line(exc: BaseException) -> str:
 
 def parse_json(text: str):
     """The body as the edge read it: numbers beyond a float read exactly."""
-    return loads_exact(text) if needs_exact(text) else json.loads(text)
+    return loads(text)
 
 
 def read_item(raw: bytes, registry: Registry) -> Incoming:

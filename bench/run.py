@@ -58,7 +58,8 @@ from pushline.envelope import Envelope
 from pushline.queue import EventQueue
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "pushline-bench"
+# Keys of the bench queue; PUSHLINE_BENCH_PREFIX keeps two benches on one Redis apart.
+PREFIX = os.environ.get("PUSHLINE_BENCH_PREFIX", "pushline-bench")
 TOKEN = "bench-token-0123456789abcdef"
 LOGS = ROOT / "var" / "bench"
 GAP_SECONDS = 5.0
@@ -170,7 +171,7 @@ class Bench:
     # The checkout whose workers run (cwd and PYTHONPATH), its database, and the log
     # line that says a worker is ready: bench/compare_design.py points them at another.
     code = ROOT
-    database = "pushline_bench"
+    database = os.environ.get("PUSHLINE_BENCH_DATABASE", "pushline_bench")
     ready = "dispatcher started"
 
     def __init__(self, args):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import sys
 import time
@@ -29,6 +30,14 @@ from bench.webhooks import mixed_bodies, webhook_bodies
 from pushline.config import Settings
 from pushline.db import _KEEPALIVES, WORKER
 from pushline.envelope import Envelope
+
+
+class StatementsBench(Bench):
+    database = "pushline_bench_statements"  # its own: it can run beside `make bench`
+
+    def clear_redis(self):
+        pass  # no queue here: another bench's keys are not ours to clear
+
 
 TIMES: collections.Counter = collections.Counter()
 CALLS: collections.Counter = collections.Counter()
@@ -73,17 +82,47 @@ class TimedConnection(psycopg2.extensions.connection):
             CALLS["COMMIT"] += 1
 
 
+def explain_batch(conn, items: list[bytes], registry, settings, ms: float) -> None:
+    """The last batch's items again (as retries: new receipts of stored events) would
+    explain the wrong statements; so the same bodies as new events, under new ids."""
+    from workers.batch import process_items
+
+    fresh = []
+    for raw in items:
+        envelope = Envelope.decode(raw)
+        body = json.loads(envelope.body)
+        if isinstance(body.get("eventId"), str):
+            body["eventId"] = str(uuid.uuid4())
+        else:
+            body.setdefault("parameters", {})["explained"] = True  # another content, another key
+        fresh.append(Envelope(uuid.uuid4().hex, "default", envelope.received_at, json.dumps(body).encode()).encode())
+    conn.notices = collections.deque(maxlen=1000)
+    with conn.cursor() as cur:
+        cur.execute("LOAD 'auto_explain'")
+        cur.execute(f"SET auto_explain.log_min_duration = {float(ms)}; SET auto_explain.log_analyze = on; "
+                    "SET auto_explain.log_buffers = on; SET auto_explain.log_level = warning; "
+                    "SET auto_explain.log_nested_statements = on")
+    conn.commit()
+    process_items(conn, fresh, registry, settings.tzinfo, settings.max_custom_data_keys)
+    for notice in conn.notices:
+        for line in notice.rstrip().splitlines():
+            print(line if len(line) < 240 else line[:240] + " ...")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", choices=["push", "mixed", "webhooks"], default="mixed")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--explain", type=float, metavar="MS",
+                        help="after the timed batches, one more batch of the same stream (later events) with the plan "
+                             "(auto_explain: ANALYZE, BUFFERS) of every statement slower than MS printed")
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     half = args.events // 2
     bodies = {"push": lambda: Bench.bodies(args.events), "webhooks": lambda: webhook_bodies(args.events),
               "mixed": lambda: mixed_bodies(Bench.bodies(args.events - half), webhook_bodies(half))}[args.stream]()
-    bench = Bench(args)
+    bench = StatementsBench(args)
     try:
         bench.truncate()
         from workers.batch import process_items
@@ -104,6 +143,8 @@ def main(argv=None) -> int:
             if result.dead:
                 raise RuntimeError(f"dead letters: {result.dead[:1]}")
         total = time.perf_counter() - started
+        if args.explain is not None:
+            explain_batch(conn, items[-size:], registry, settings, args.explain)
         conn.close()
         by_status = bench.count_by_status()
     finally:

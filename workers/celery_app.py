@@ -21,6 +21,7 @@ from kombu import Queue
 
 from pushline.celery_client import BATCHES, HOUSEKEEPING, broker_transport_options, broker_url
 from pushline.config import Settings
+from pushline.kombu_redis import transport_for
 from workers import housekeeping
 
 
@@ -139,9 +140,11 @@ def beat_schedule(settings: Settings) -> dict:
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     soft, hard = time_limits(settings)
-    app = Celery("pushline", broker=broker_url(settings), include=["workers.tasks"])
+    broker = broker_url(settings)
+    app = Celery("pushline", broker=broker, include=["workers.tasks"])
     app.conf.update(
         pushline_settings=settings,
+        broker_transport=transport_for(broker),  # kombu's, one client per channel (pushline.kombu_redis)
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=4,
         broker_transport_options=broker_transport_options(settings),

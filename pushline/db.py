@@ -76,10 +76,29 @@ PARTITION_DDL_LOCK = 1
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
+class Session(psycopg2.extensions.connection):
+    """A connection that knows which staging tables (pushline.pgcopy) hold rows
+    in its open transaction, so that a batch empties one only when it staged it
+    before in that transaction, instead of before every COPY."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.staging_made: frozenset[str] = frozenset()  # created in a committed transaction of this session
+        self.staged: set[str] = set()
+
+    def commit(self) -> None:
+        super().commit()
+        self.staged.clear()  # ON COMMIT DELETE ROWS emptied them
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.staged.clear()  # their rows went with the transaction
+
+
 def connect(url: str, application_name: str = "pushline",
-            timeouts: Timeouts = WORKER) -> psycopg2.extensions.connection:
+            timeouts: Timeouts = WORKER) -> Session:
     return psycopg2.connect(url, connect_timeout=timeouts.connect_seconds, application_name=application_name,
-                            options=timeouts.options(), **_KEEPALIVES)
+                            options=timeouts.options(), connection_factory=Session, **_KEEPALIVES)
 
 
 class Timeout(psycopg2.OperationalError):

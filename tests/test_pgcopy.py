@@ -48,3 +48,57 @@ def test_raw_json_text_is_stored_as_the_json_it_spells(cur):
 def test_a_type_copy_cannot_spell_is_refused_by_name():
     with pytest.raises(TypeError, match="cannot COPY a set"):
         format_rows([(1, {1, 2})])
+
+
+def _staged(cur) -> list[int]:
+    cur.execute("SELECT deliveries FROM stage_events ORDER BY deliveries")
+    return [n for (n,) in cur.fetchall()]
+
+
+def _rows(*numbers: int) -> list[tuple]:
+    return [(None, "s", "n", None, None, None, n, ["r"], None, "processed", None) for n in numbers]
+
+
+def test_a_prepared_session_stages_exactly_the_rows_of_each_call(settings, db):
+    """A worker's session skips the DDL and empties a staging table only when it
+    staged it before in the same transaction: whatever ended that transaction
+    (commit, rollback, a savepoint rolled back), each call sees only its own rows."""
+    from pushline.db import connect
+    from pushline.pgcopy import prepare_staging, stage_rows
+    from workers.store import _EVENT_COLUMNS
+
+    conn = connect(settings.database_url, "pushline-test")
+    try:
+        prepare_staging(conn)
+        with conn.cursor() as cur:
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(1, 2))
+            assert _staged(cur) == [1, 2]
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(3))  # the same transaction: emptied first
+            assert _staged(cur) == [3]
+            conn.commit()
+            assert _staged(cur) == []
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(4))
+            conn.rollback()
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(5))
+            assert _staged(cur) == [5]
+            cur.execute("SAVEPOINT one_event")
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(6))
+            cur.execute("ROLLBACK TO SAVEPOINT one_event")
+            assert _staged(cur) == [5]
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(7))
+            assert _staged(cur) == [7]
+            conn.commit()
+            # The tables outlive a rolled-back transaction that used them: they were made in one of their own.
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(8))
+            conn.rollback()
+            stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(9))
+            assert _staged(cur) == [9]
+    finally:
+        conn.close()
+    # A plain connection (replay, tools) still makes and empties the tables itself.
+    with db.cursor() as cur:
+        cur.execute("BEGIN")
+        stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(10))
+        stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(11))
+        assert _staged(cur) == [11]
+        cur.execute("ROLLBACK")

@@ -31,6 +31,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pushline import redis_client
 from pushline.config import Settings
 from pushline.db import connect, is_transient
+from pushline.pgcopy import prepare_staging
 from pushline.queue import STRIKE_LIMIT, Batch, EventQueue
 from pushline.workerstats import WorkerStats
 from workers.batch import process_items
@@ -81,7 +82,13 @@ class Consumer:
     @property
     def conn(self):
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
+            conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
+            try:
+                prepare_staging(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -153,8 +154,9 @@ return {}
 # which it extends, and only one task (a retry keeps its task's id): a
 # duplicated message finds another owner and leaves the batch alone. The
 # owner marks the batch started (see _END_LEASES).
-# KEYS: leases, started; ARGV: deadline, batch id, owner (the task's id).
-# Returns 1, or 0 when the lease is gone or another task has the batch.
+# KEYS: leases, started, batch; ARGV: deadline, batch id, owner (the task's id),
+# '1' to return the batch's items (a task has only the id: one round trip, not two).
+# Returns 1 (or the items), or 0 when the lease is gone or another task has the batch.
 _START = """
 redis.call('ZREM', KEYS[1], '')
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
@@ -162,6 +164,7 @@ local owner = redis.call('HGET', KEYS[2], ARGV[2])
 if owner and owner ~= ARGV[3] then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then return {1, redis.call('LRANGE', KEYS[3], 0, -1)} end
 return 1
 """
 
@@ -363,7 +366,14 @@ class EventQueue:
         """Begin work on a claimed batch as `owner`: False when its lease is gone
         (it was reclaimed, or already stored) or another owner began it (a
         duplicated task message), in which case leave it."""
-        return bool(self._start(keys=[self.leases, self.started], args=[self._deadline(), batch_id, owner]))
+        return bool(self._start(keys=[self.leases, self.started, self.batch_prefix + batch_id],
+                                args=[self._deadline(), batch_id, owner, "0"]))
+
+    def start_with_items(self, batch_id: str, owner: str) -> list[bytes] | None:
+        """`start`, returning the batch's items; None when it is not ours."""
+        got = self._start(keys=[self.leases, self.started, self.batch_prefix + batch_id],
+                          args=[self._deadline(), batch_id, owner, "1"])
+        return list(got[1]) if got else None
 
     def items(self, batch_id: str) -> list[bytes]:
         """The items of a claimed batch, as a task reads them from its id."""
@@ -385,15 +395,29 @@ class EventQueue:
         changed = self._lease(keys=[self.leases], args=["XX", self._deadline() + extra_seconds, *batch_ids])
         return [b for b, c in zip(batch_ids, changed, strict=True) if not c]
 
-    def ack(self, batch: Batch, suspect: bool = False, dead: list[tuple[bytes, str]] = ()) -> bool:
+    def ack(self, batch: Batch, suspect: bool = False, dead: list[tuple[bytes, str]] = (),
+            then: Callable[[redis.client.Pipeline], None] | None = None) -> bool:
         """Remove a stored batch (parking its dead letters); False when the
-        lease was no longer ours, in which case nothing changes."""
+        lease was no longer ours, in which case nothing changes.
+
+        `then` adds commands to send in the same round trip, after the ack
+        (figures, a report to the dispatcher); their failures are ignored."""
         args = [batch.id, "1" if suspect else "0"]
         for item, reason in dead:
             args += [item, reason]
         keys = [self.batch_prefix + batch.id, self.leases, self.strikes, self.dead_letters, self.dead_reasons,
                 self.started]
-        return bool(self._ack(keys=keys, args=args))
+        if then is None:
+            return bool(self._ack(keys=keys, args=args))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._ack.sha, len(keys), *keys, *args)
+        then(pipe)
+        acked = pipe.execute(raise_on_error=False)[0]
+        if isinstance(acked, redis.exceptions.NoScriptError):  # a restarted Redis: load it and ack again
+            return bool(self._ack(keys=keys, args=args))
+        if isinstance(acked, Exception):
+            raise acked
+        return bool(acked)
 
     def release(self, batch: Batch, strike: bool = False, suspect: bool = False) -> int:
         """Give a batch back now instead of waiting for its lease: to the head of

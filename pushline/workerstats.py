@@ -26,14 +26,19 @@ class WorkerStats:
         self.workers = f"{prefix}:metrics:workers"  # worker -> JSON drain state, refreshed by its heartbeat
         self.housekeeping = f"{prefix}:housekeeping"  # duty -> unix time it last ran (beat's tasks)
 
-    def record_batch(self, worker: str, by_name_status: Counter, items: int, lag_seconds: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    def record_batch(self, worker: str, by_name_status: Counter, items: int, lag_seconds: float,
+                     pipe: redis.client.Pipeline | None = None) -> None:
+        """Count a stored batch; into `pipe` when given (sent by its owner), else at once."""
+        own = pipe is None
+        if own:
+            pipe = self.redis.pipeline(transaction=False)
         for (name, status), n in by_name_status.items():
             pipe.hincrby(self.events, f"{name}\t{status}", n)
         pipe.hincrby(self.counters, "batches", 1)
         pipe.hincrby(self.counters, "batch_items", items)
         pipe.hset(self.lag, worker, f"{lag_seconds:.6f}\t{time.time():.3f}")
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def beat(self, worker: str, state: dict) -> None:
         """The drain state a worker's heartbeat publishes: last progress, batch in hand..."""

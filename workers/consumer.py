@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import psycopg2
 import redis
@@ -132,12 +133,23 @@ class Consumer:
         return len(batch.items)
 
     # -- processing ----------------------------------------------------------
-    def process(self, batch: Batch, kind: str = BATCH, owner: str = "in place") -> str:
+    def process(self, batch: Batch, kind: str = BATCH, owner: str = "in place",
+                report: Callable[[redis.client.Pipeline, int], None] | None = None) -> str:
         """Write a claimed batch and acknowledge it, as `owner` (a task's id).
-        Raises Transient (the batch stays ours, under its lease, for a retry);
-        everything else is handled."""
+        A batch claimed without its items (a task has only its id) gets them
+        here, in the same round trip that begins it. `report` adds commands to
+        the acknowledgement's round trip once the batch is stored (the task's
+        report to its dispatcher). Raises Transient (the batch stays ours,
+        under its lease, for a retry); everything else is handled."""
         try:
-            if not self.queue.start(batch.id, owner):
+            if batch.items:
+                ours = self.queue.start(batch.id, owner)
+            else:
+                items = self.queue.start_with_items(batch.id, owner)
+                ours = items is not None
+                if ours:
+                    batch.items, batch.size = items, -1
+            if not ours:
                 return Outcome.LOST
         except redis.RedisError as exc:
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
@@ -172,8 +184,16 @@ class Consumer:
             return Outcome.GIVEN_BACK
         finally:
             self.in_hand.pop(batch.id, None)
+        lag = (dt.datetime.now(dt.UTC) - result.oldest_receipt).total_seconds() if result.oldest_receipt else 0.0
+
+        def then(pipe) -> None:
+            # The figures (and the report) ride on the acknowledgement's round trip.
+            self.stats.record_batch(self.name, result.counts, len(batch.items), lag, pipe=pipe)
+            if report is not None:
+                report(pipe, len(batch.items))
+
         try:
-            acked = self.queue.ack(batch, suspect=kind != BATCH, dead=result.dead)
+            acked = self.queue.ack(batch, suspect=kind != BATCH, dead=result.dead, then=then)
         except redis.RedisError as exc:
             # Stored, not acknowledged: a retry finds the events already there (no-ops).
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
@@ -184,11 +204,6 @@ class Consumer:
             log.error("%d items could not be stored and were parked as dead letters", len(result.dead))
         self.counts.update(result.counts)
         self.events_done += len(batch.items)
-        lag = (dt.datetime.now(dt.UTC) - result.oldest_receipt).total_seconds() if result.oldest_receipt else 0.0
-        try:
-            self.stats.record_batch(self.name, result.counts, len(batch.items), lag)
-        except redis.RedisError:  # figures only; the batch itself is safely stored
-            log.warning("could not record worker metrics")
         return Outcome.STORED
 
     def give_back(self, batch: Batch, strike: bool, suspect: bool = False) -> None:

@@ -180,8 +180,7 @@ class Dispatcher:
                         batch.id, type(exc).__name__, exc)
             self.in_flight.pop(batch.id, None)
             self.phase = f"processing batch {batch.id} in place"
-            batch = Batch(batch.id, self.queue.items(batch.id)) if not batch.items else batch
-            try:
+            try:  # the batch's items come with its start
                 self.consumer.process(batch, kind)
             except Transient:
                 self.consumer.give_back(batch, strike=False)

@@ -80,12 +80,16 @@ def _report(consumer: Consumer, dispatcher: str, batch_id: str, outcome: str, ev
 
 
 def _report_to(queue: EventQueue, dispatcher: str, batch_id: str, outcome: str, events: int) -> None:
-    key = done_key(queue.prefix, dispatcher)
     with contextlib.suppress(redis.RedisError):  # the dispatcher also reads the leases themselves
         pipe = queue.redis.pipeline(transaction=False)
-        pipe.rpush(key, f"{batch_id}\t{outcome}\t{events}")
-        pipe.expire(key, DONE_TTL)
+        _report_into(pipe, queue.prefix, dispatcher, batch_id, outcome, events)
         pipe.execute()
+
+
+def _report_into(pipe, prefix: str, dispatcher: str, batch_id: str, outcome: str, events: int) -> None:
+    key = done_key(prefix, dispatcher)
+    pipe.rpush(key, f"{batch_id}\t{outcome}\t{events}")
+    pipe.expire(key, DONE_TTL)
 
 
 @shared_task(bind=True, base=PushlineTask, name="pushline.store_batch")
@@ -95,9 +99,13 @@ def store_batch(self: PushlineTask, batch_id: str, kind: str, dispatcher: str) -
     owner = self.request.id or "eager"
     if (self.request.delivery_info or {}).get("redelivered"):
         return _after_worker_lost(consumer, dispatcher, batch_id, owner)
+    batch = Batch(batch_id, [])  # its items come with its start (Consumer.process)
+
+    def report(pipe, events: int) -> None:  # sent with the acknowledgement
+        _report_into(pipe, consumer.queue.prefix, dispatcher, batch_id, Outcome.STORED, events)
+
     try:
-        items = consumer.queue.items(batch_id)
-        outcome = consumer.process(Batch(batch_id, items), kind, owner) if items else Outcome.LOST
+        outcome = consumer.process(batch, kind, owner, report=report)
     except Transient as exc:
         # The batch stays ours: keep its lease beyond the retry's longest countdown.
         with contextlib.suppress(redis.RedisError):
@@ -110,8 +118,9 @@ def store_batch(self: PushlineTask, batch_id: str, kind: str, dispatcher: str) -
                  " has it (a duplicated message); nothing to do", batch_id)
         with contextlib.suppress(redis.RedisError):
             consumer.stats.count("tasks_without_lease")
-    _report(consumer, dispatcher, batch_id, outcome, len(items) if outcome == Outcome.STORED else 0)
-    return {"outcome": outcome, "items": len(items)}
+    if outcome != Outcome.STORED:
+        _report(consumer, dispatcher, batch_id, outcome, 0)
+    return {"outcome": outcome, "items": len(batch.items)}
 
 
 def _after_worker_lost(consumer: Consumer, dispatcher: str, batch_id: str, owner: str) -> dict:

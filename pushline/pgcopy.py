@@ -14,6 +14,8 @@ import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import psycopg2.errors
+
 from pushline.jsonvalues import dumps_exact
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -125,8 +127,21 @@ def stage_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[
     staged = getattr(conn, "staged", None)
     if staged is None or table not in conn.staging_made:
         cur.execute(f"SET LOCAL client_min_messages = warning; {STAGING}; DELETE FROM {table}")
-    elif table in staged:
-        cur.execute(f"DELETE FROM {table}")
-    copy_rows(cur, table, columns, rows)
+        copy_rows(cur, table, columns, rows)
+    else:
+        try:
+            if table in staged:
+                cur.execute(f"DELETE FROM {table}")
+            copy_rows(cur, table, columns, rows)
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.InsufficientPrivilege) as exc:
+            # Not the data's fault: the session is not the one that made them (a
+            # pooler in transaction mode hands out server sessions per transaction).
+            conn.staging_made = frozenset()
+            raise StagingLost(f"the session's staging tables are gone: {exc}".strip()) from exc
     if staged is not None:
         staged.add(table)
+
+
+class StagingLost(psycopg2.OperationalError):
+    """The staging tables made for a session are not there (or not ours): the
+    batch is retried (transient: no SQLSTATE) and the caller stops preparing them."""

@@ -102,3 +102,32 @@ def test_a_prepared_session_stages_exactly_the_rows_of_each_call(settings, db):
         stage_rows(cur, "stage_events", _EVENT_COLUMNS, _rows(11))
         assert _staged(cur) == [11]
         cur.execute("ROLLBACK")
+
+
+def test_a_worker_whose_staging_tables_vanish_retries_the_batch_and_loses_nothing(settings, db):
+    """A pooler in transaction mode gives each transaction any server session: the
+    tables made for one are not in the next. That is no event's fault: the batch
+    is retried (nothing rejected) and the worker makes them in each transaction."""
+    import pytest as _pytest
+
+    from tests.conftest import query
+    from tests.helpers import drain, enqueue, login
+    from workers.consumer import Consumer, Transient
+    from workers.handlers import registry_with_handlers
+
+    loop = Consumer(settings, registry_with_handlers(), name="pooled")
+    try:
+        enqueue(loop.queue, login(1, "2014-01-01 10:00:00"))
+        assert drain(loop) == 1
+        assert loop.conn.staging_made
+        with loop.conn.cursor() as cur:  # what another server session looks like: no such tables
+            cur.execute("DROP TABLE pg_temp.stage_events")
+        loop.conn.commit()
+        enqueue(loop.queue, login(2, "2014-01-01 10:00:00"), login(3, "2014-01-01 10:00:00"))
+        with _pytest.raises(Transient):
+            loop.step(block_seconds=0)  # given back to the queue, not rejected
+        assert loop.staging_per_session is False
+        assert drain(loop) == 2
+    finally:
+        loop.close()
+    assert query(db, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 3)]

@@ -32,7 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pushline import redis_client
 from pushline.config import Settings
 from pushline.db import connect, is_transient
-from pushline.pgcopy import prepare_staging
+from pushline.pgcopy import StagingLost, prepare_staging
 from pushline.queue import STRIKE_LIMIT, Batch, EventQueue
 from pushline.workerstats import WorkerStats
 from workers.batch import process_items
@@ -66,6 +66,7 @@ class Consumer:
         self._conn = None
         self._queue: EventQueue | None = None
         self.in_hand: dict[str, float] = {}  # batch id -> when its work began (unix time)
+        self.staging_per_session = True  # staging tables made once per session (pushline.pgcopy)
         self.events_done = 0
 
     # -- resources, made lazily and dropped on failure -------------------
@@ -83,13 +84,7 @@ class Consumer:
     @property
     def conn(self):
         if self._conn is None or self._conn.closed:
-            conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
-            try:
-                prepare_staging(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = connect(self.settings.database_url, f"pushline-worker {self.name}")
         return self._conn
 
     def close(self) -> None:
@@ -155,7 +150,10 @@ class Consumer:
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
         self.in_hand[batch.id] = time.time()
         try:
-            result = process_items(self.conn, batch.items, self.registry, self.settings.tzinfo,
+            conn = self.conn
+            if self.staging_per_session and not conn.staging_made:
+                prepare_staging(conn)  # once a session, as the role it works as (before its first batch)
+            result = process_items(conn, batch.items, self.registry, self.settings.tzinfo,
                                    self.settings.max_custom_data_keys,
                                    reject=STRUCK_REASON if kind == STRUCK else None)
         except (psycopg2.errors.QueryCanceled, SoftTimeLimitExceeded) as exc:
@@ -169,6 +167,10 @@ class Consumer:
             self.give_back(batch, strike=len(batch.items) == 1, suspect=True)
             return Outcome.GIVEN_BACK
         except (redis.RedisError, psycopg2.Error) as exc:
+            if isinstance(exc, StagingLost) and self.staging_per_session:
+                log.warning("this session's staging tables vanished between transactions (a pooler in"
+                            " transaction mode?); they are made in each batch's transaction from now on")
+                self.staging_per_session = False
             if isinstance(exc, redis.RedisError) or is_transient(exc):
                 if isinstance(exc, psycopg2.Error):
                     self.drop_connection()

@@ -6,6 +6,8 @@ under bench/reference_gunicorn.py), so that every figure is a ratio to a
 reference loaded minutes, not hours, apart:
 
 - default: `pushline web` as shipped (gunicorn's asgi worker, web/asgi.py);
+- asgi with gunicorn's Python HTTP parser instead of gunicorn_h1c's C one: what
+  the C parser buys;
 - gthread: the same app under gunicorn's gthread worker (4 threads), which 200
   trickling clients starve (tests/test_slow_clients.py): what the protection costs;
 - min-replicas 1: REDIS_MIN_REPLICAS=1 against a master with one replica
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
     env = bench.proc_env
     configs = {
         "default (asgi)": (env, ["web.asgi:app"]),
+        "asgi, gunicorn's Python parser": (env, ["--http-parser", "python", "web.asgi:app"]),
         "gthread, 4 threads": (env, ["-k", "gthread", "--threads", "4", "web.wsgi:app"]),
         "REDIS_MIN_REPLICAS=1": ({**env, "REDIS_URL": master_url, "REDIS_MIN_REPLICAS": "1"}, ["web.asgi:app"]),
     }

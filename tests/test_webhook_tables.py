@@ -9,22 +9,43 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import random
 import threading
+import time
+import uuid
+from pathlib import Path
 
 import psycopg2
 import pytest
 from marshmallow import fields
 
 from pushline.db import TOOL, connect
+from pushline.envelope import Envelope
+from pushline.identity import event_key
+from schemas import push_timezone
 from schemas.webhooks import ConversationPushed
 from tests.conftest import make_settings, query
-from tests.helpers import answered, availability, closed, connected, disconnected, drain, enqueue, pushed, webhook
+from tests.helpers import (
+    answered,
+    availability,
+    closed,
+    connected,
+    disconnected,
+    drain,
+    enqueue,
+    login,
+    pushed,
+    webhook,
+)
 from tests.test_security import as_role
+from workers.batch import process_items
 from workers.consumer import Consumer
 from workers.handlers import registry_with_handlers
+from workers.intake import read_item
 from workers.registry import Registry
 from workers.replay import Selection, rebuild, replay
+from workers.store import group_by_key, write_batch
 
 ANALYST_TABLES = ("conversations_v2", "conversation_assignments", "satisfaction", "user_sessions",
                   "availability_periods")
@@ -502,9 +523,69 @@ def test_the_worker_role_is_enough_and_the_analyst_reads_only(settings, wh, rq):
     for sql in ["INSERT INTO conversation_assignments VALUES ('x', 'c', 1, now())",
                 "UPDATE conversations_v2 SET assignments = 0", "DELETE FROM satisfaction",
                 "TRUNCATE user_sessions", "UPDATE availability_periods SET status = 'x'",
-                *(f"SELECT * FROM {side}" for side in SIDE_TABLES)]:
+                *(f"SELECT * FROM {side}" for side in (*SIDE_TABLES, "webhook_event_ids"))]:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             as_role(settings, "analyst", sql)
+
+
+# --- one eventId, one row: whatever the createdAt, the batch, the worker ---------------------------------
+
+def _item(body: dict) -> bytes:
+    return Envelope(uuid.uuid4().hex, "default", time.time(), json.dumps(body).encode()).encode()
+
+
+def test_two_workers_storing_one_event_id_at_two_instants_make_one_row(settings, wh, rq):
+    """The second batch meets the first's uncommitted claim, waits for its commit, then
+    takes the instant the first stored: one row, two deliveries."""
+    first = pushed("c-claim", 7, "2024-03-05T09:00:00Z", event_id="21111111-2222-4333-8444-555555555555")
+    later = {**first, "createdAt": "2024-03-06T09:05:00Z", "sentAt": "2024-03-06T09:05:01Z"}
+    registry = registry_with_handlers()
+    holder, other = connect(settings.database_url, "claim-holder"), connect(settings.database_url, "claim-other")
+    try:
+        with push_timezone(settings.tzinfo), holder.cursor() as cur:
+            write_batch(cur, group_by_key([read_item(_item(first), registry)]))  # not committed yet
+        done = []
+        thread = threading.Thread(target=lambda: done.append(
+            process_items(other, [_item(later)], registry, settings.tzinfo)))
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive() and not done  # waiting for the holder's claim
+        holder.commit()
+        thread.join(30)
+        assert done and not done[0].dead
+    finally:
+        holder.close()
+        other.close()
+    assert query(wh, "SELECT deliveries, created_at FROM events") == [(2, T("2024-03-05T09:00:00Z"))]
+    assert query(wh, "SELECT started_at, assignments FROM conversations_v2") == [(T("2024-03-05T09:00:00Z"), 1)]
+
+
+def test_an_event_id_whose_row_is_gone_is_stored_again_at_the_instant_it_comes_with(loop, wh):
+    """Retention deleted the row: the next receipt is stored as it says, and its
+    own retries at the old instant are deliveries of the new row."""
+    first = pushed("c-gone", 7, "2024-03-05T09:00:00Z", event_id="31111111-2222-4333-8444-555555555555")
+    later = {**first, "createdAt": "2024-03-06T09:05:00Z", "sentAt": "2024-03-06T09:05:01Z"}
+    store(loop, [first])
+    wh.cursor().execute("DELETE FROM events")
+    store(loop, [later], [first])
+    assert query(wh, "SELECT deliveries, created_at FROM events") == [(2, T("2024-03-06T09:05:00Z"))]
+    assert query(wh, "SELECT created_at FROM webhook_event_ids WHERE event_key = %s",
+                 event_key(first)) == [(T("2024-03-06T09:05:00Z"),)]
+
+
+def test_the_migration_claims_the_webhooks_stored_before_it(loop, wh):
+    """0020 fills webhook_event_ids from events: the same keys the workers claim."""
+    wh.cursor().execute("TRUNCATE webhook_event_ids")  # kept across tests (it outlives events by design)
+    bodies = [pushed("c-old", 7, "2024-03-05T09:00:00Z"), connected(3, "2024-03-05T08:00:00+01:00"),
+              webhook("visitor.updated", "2024-03-05T09:00:00Z", visitorId="v")]
+    store(loop, bodies, [login(5, "2014-01-01 10:00:00")])
+    claimed = query(wh, "SELECT event_key::text, created_at FROM webhook_event_ids ORDER BY 1")
+    assert len(claimed) == 3
+    text = (Path(__file__).parent.parent / "migrations" / "0020.webhook-event-ids.sql").read_text()
+    backfill = text[text.index("INSERT INTO webhook_event_ids"):text.index(";", text.index("INSERT INTO webhook"))]
+    wh.cursor().execute("TRUNCATE webhook_event_ids")
+    wh.cursor().execute(backfill)
+    assert query(wh, "SELECT event_key::text, created_at FROM webhook_event_ids ORDER BY 1") == claimed
 
 
 # --- concurrency and rebuild -------------------------------------------------------------------------------

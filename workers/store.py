@@ -13,7 +13,8 @@ from psycopg2.extras import execute_values
 
 from pushline.jsonvalues import dumps_exact
 from pushline.pgcopy import RawJSON, stage_rows
-from workers.intake import Incoming
+from schemas.webhooks import is_webhook
+from workers.intake import Incoming, parse_json
 from workers.registry import Handler, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,13 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
 
     Returns counts by (name, status) of the events that were new.
     """
-    _keep_stored_instants(cur, groups)
     rows = []
     for key, receipts in groups.items():
         first, ids = receipts[0], _receipt_ids(receipts)
         rows.append((key, first.source, first.name, first.created_at, first.sent_at, first.received_at, len(ids),
                      ids, _payload(first), first.status, first.error))
     stage_rows(cur, "stage_events", _EVENT_COLUMNS, rows)
+    _keep_stored_instants(cur, groups)
     cur.execute(_INSERT_EVENTS)
     new_ids = {key.replace("-", ""): event_id for event_id, key in cur.fetchall()}
     old_keys = [key for key in groups if key not in new_ids]
@@ -96,21 +97,95 @@ def write_batch(cur, groups: dict[str, list[Incoming]]) -> dict[tuple[str, str],
     return dict(counts)
 
 
+# A webhook's eventId is claimed (webhook_event_ids, one row per eventId, with the
+# instant its row in `events` has) in the batch that stores it first. The claim,
+# not a lookup in `events`, tells a new eventId from a stored one: `events` is
+# unique by (event_key, created_at) only, and a lookup by event_key alone probes
+# every partition. Claimed from the staged events, sorted, so that concurrent
+# batches take the rows in one order; a batch that meets another's uncommitted
+# claim waits for its commit.
+_CLAIM = """
+INSERT INTO webhook_event_ids (event_key, created_at)
+SELECT event_key, s.created_at FROM stage_events s JOIN unnest(%s::uuid[]) AS k(event_key) USING (event_key)
+ORDER BY 1
+ON CONFLICT (event_key) DO NOTHING
+"""
+# Claims of these keys (claimed before) at another instant than the staged one.
+_CLAIMED_ELSEWHEN = """
+SELECT replace(event_key::text, '-', ''), c.created_at
+FROM unnest(%s::uuid[]) AS k(event_key) JOIN stage_events s USING (event_key) JOIN webhook_event_ids c USING (event_key)
+WHERE c.created_at IS DISTINCT FROM s.created_at
+ORDER BY event_key {lock}
+"""
+# Claims whose row is in `events` at the claimed instant. Each probe is a
+# parameterized lookup: PostgreSQL opens the one partition of that instant.
+_STORED_AT_CLAIM = """
+SELECT replace(c.key::text, '-', '') FROM unnest(%s::uuid[], %s::timestamptz[]) AS c(key, at)
+WHERE EXISTS (SELECT FROM events e WHERE e.event_key = c.key AND e.created_at = c.at)
+   OR (c.at IS NULL AND EXISTS (SELECT FROM events e WHERE e.event_key = c.key AND e.created_at IS NULL))
+"""
+# The staged row takes the stored instant; the claim whose row is gone, the staged one.
+_TAKE_CLAIMED = """
+UPDATE stage_events s SET created_at = c.created_at FROM webhook_event_ids c
+WHERE s.event_key = c.event_key AND c.event_key = ANY(%s::uuid[])
+"""
+_RECLAIM = """
+UPDATE webhook_event_ids c SET created_at = s.created_at FROM stage_events s
+WHERE c.event_key = s.event_key AND c.event_key = ANY(%s::uuid[])
+"""
+
+
 def _keep_stored_instants(cur, groups: dict[str, list[Incoming]]) -> None:
     """A webhook is its eventId (CONTRACT 7), whatever its createdAt says. Rows are
     unique by (event_key, created_at), the partition key being part of every
     unique index; so a receipt of a stored eventId whose createdAt differs takes
     the stored instant and counts as one more delivery of that row instead of
-    making a second. One lookup per batch, and only for webhooks."""
-    webhook_keys = [key for key, receipts in groups.items() if receipts[0].webhook_id]
-    if not webhook_keys:
+    making a second.
+
+    One statement when every eventId is new (the claims), or comes again with
+    the claimed instant. A claimed eventId whose claim says another instant:
+    its claim row is locked (two batches never both decide), and the staged
+    row takes the claimed instant when `events` holds that row; when it does
+    not (the row was pruned, or `events` emptied), the claim takes the staged
+    instant instead."""
+    keys = [key for key, receipts in groups.items() if _claims_event_id(receipts[0])]
+    if not keys:
         return
-    cur.execute("SELECT replace(event_key::text, '-', ''), created_at FROM events WHERE event_key = ANY(%s::uuid[])",
-                (webhook_keys,))
-    for key, created_at in cur.fetchall():
-        first = groups[key][0]
-        if first.created_at != created_at:
-            first.created_at = created_at
+    cur.execute(_CLAIM, (keys,))
+    if cur.rowcount == len(keys):
+        return
+    cur.execute(_CLAIMED_ELSEWHEN.format(lock=""), (keys,))
+    other = [key for key, _ in cur.fetchall()]
+    if not other:
+        return
+    cur.execute(_CLAIMED_ELSEWHEN.format(lock="FOR UPDATE OF c"), (other,))  # again, locked: as they are now
+    claimed = dict(cur.fetchall())
+    if not claimed:
+        return
+    cur.execute(_STORED_AT_CLAIM, (list(claimed), list(claimed.values())))
+    stored = [key for key, in cur.fetchall()]
+    if stored:
+        cur.execute(_TAKE_CLAIMED, (stored,))
+        for key in stored:
+            groups[key][0].created_at = claimed[key]
+    stale = sorted(claimed.keys() - set(stored))
+    if stale:
+        cur.execute(_RECLAIM, (stale,))
+
+
+def _claims_event_id(first: Incoming) -> bool:
+    """The receipt is a webhook with an eventId, or the minimal row that stands for
+    one PostgreSQL would not take as it was (Incoming.as_unstorable)."""
+    if first.webhook_id:
+        return True
+    body = first.body
+    if isinstance(body, dict) and isinstance(body.get("unstorable_body"), str):
+        try:
+            original = parse_json(body["unstorable_body"])
+        except Exception:  # what PostgreSQL refused may not read back either
+            return False
+        return isinstance(original, dict) and is_webhook(original) and isinstance(original.get("eventId"), str)
+    return False
 
 
 def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -> None:

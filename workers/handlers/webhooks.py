@@ -29,8 +29,9 @@ whole. Sessions and availability runs are recomputed from a window: from the
 batch's earliest event of the user (sessions) or from the event just before
 the batch's earliest of the channel (availability); everything before a
 window is final, because pairing and runs depend only on what came before.
-Windows are found and read through indexes, one lookup per user or channel,
-so that a batch costs what it touches, not the history of the tables.
+Windows and conversations are found and read through indexes, one lookup per
+user, channel or conversation, so that a batch costs what it touches, not the
+history of the tables.
 """
 
 from __future__ import annotations
@@ -80,24 +81,30 @@ def _insert_side(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table} ORDER BY 1 ON CONFLICT DO NOTHING"
 
 
-# One row per distinct pushed event, whatever else: no recompute needed. Read
-# from the side table, so that both say the same when an eventId came twice.
-_ASSIGNMENTS = """
+# One row per distinct pushed event, whatever else: no recompute needed. The
+# side rows this batch added (RETURNING), so that both say the same when an
+# eventId came twice: a side row and its assignment are written together.
+_CONVERSATION_EVENTS = f"""
+WITH added AS ({_insert_side("webhook_conversation_events", _CONVERSATION_COLUMNS)}
+               RETURNING event_uuid, conversation_id, kind, operator_id, at)
 INSERT INTO conversation_assignments (event_uuid, conversation_id, operator_id, assigned_at)
-SELECT w.event_uuid, w.conversation_id, w.operator_id, w.at
-FROM webhook_conversation_events w
-WHERE w.event_uuid IN (SELECT event_uuid FROM stage_webhook_conversation_events) AND w.kind = 'pushed'
+SELECT event_uuid, conversation_id, operator_id, at FROM added WHERE kind = 'pushed'
 ORDER BY 1
 ON CONFLICT DO NOTHING
 """
+
+# The conversations' events, one index lookup per conversation (as for the
+# windows below: a join with the staging table, which is never analysed, read
+# the whole side table as soon as it held a few thousand rows).
+_EVENTS_OF = """unnest(%(conversations)s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
+    SELECT w.* FROM {0} w WHERE w.conversation_id = c.conversation_id OFFSET 0) AS w"""
 
 # Attributes from the earliest pushed event, else from the latest closed one
 # (a whole event's values: a pushed event without visitorId does not borrow a
 # closed event's).
 _ATTR = "CASE WHEN fp.event_uuid IS NOT NULL THEN fp.{0} ELSE lc.{0} END"
 _CONVERSATIONS = f"""
-WITH c AS (SELECT DISTINCT conversation_id FROM stage_webhook_conversation_events),
-e AS (SELECT w.* FROM webhook_conversation_events w JOIN c USING (conversation_id)),
+WITH e AS MATERIALIZED (SELECT w.* FROM {_EVENTS_OF.format("webhook_conversation_events")}),
 agg AS (
     SELECT conversation_id,
            min(at) FILTER (WHERE kind = 'pushed') AS started_at,
@@ -132,12 +139,11 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 _LATEST = "(array_agg({0} ORDER BY at DESC, event_uuid DESC) FILTER (WHERE {0} IS NOT NULL))[1]"
 _SATISFACTION = f"""
 INSERT INTO satisfaction (conversation_id, {", ".join(f"{a}, {a}_at" for a in _ANSWERS)})
-SELECT conversation_id,
+SELECT w.conversation_id,
        {", ".join(f"{_LATEST.format(a)}, max(at) FILTER (WHERE {a} IS NOT NULL)" for a in _ANSWERS)}
-FROM satisfaction_events
-WHERE conversation_id IN (SELECT conversation_id FROM stage_satisfaction_events)
-GROUP BY conversation_id
-ORDER BY conversation_id
+FROM {_EVENTS_OF.format("satisfaction_events")}
+GROUP BY w.conversation_id
+ORDER BY w.conversation_id
 ON CONFLICT (conversation_id) DO UPDATE SET
     {", ".join(f"{a} = excluded.{a}, {a}_at = excluded.{a}_at" for a in _ANSWERS)}
 """
@@ -206,31 +212,25 @@ WHERE s.id = c.id
 # just before the batch's earliest event of that channel (no such event: the
 # whole history). Everything before p is final, and so is the run R holding p
 # but for its end, to_at: the first event after p with another status than
-# p's. The runs after R are deleted and the window's recomputed (gaps and
-# islands: a run starts where the status changes); the first of them starts
-# at p and is R itself, whose new end was set instead. Starting at R's first
-# event would read R's whole run again: all the history of a channel whose
-# status never changes.
+# p's. R and the runs after it are deleted and the window's recomputed (gaps
+# and islands: a run starts where the status changes); the first of them
+# starts at p and is R itself, written again with R's own start. Starting at
+# R's first event would read R's whole run again: all the history of a channel
+# whose status never changes.
 #
-# The windows: per (user, channel) staged, p, R's key and R's new end, each
-# found by one index scan (LATERAL ... LIMIT 1 is a nested loop whatever the
-# staging table's estimate). After that, as for sessions: the windows as
-# arrays, one lookup per window (LATERAL ... OFFSET 0), R updated by its
-# primary key. A window without p starts at ('-infinity', ''), before any
-# event: with coalesce rather than `p IS NULL OR ...`, the row comparison is
-# an index condition on availability_periods' primary key and on
-# availability_events_order.
+# The windows: per (user, channel) staged, p and R's key, each found by one
+# index scan (LATERAL ... LIMIT 1 is a nested loop whatever the staging
+# table's estimate). After that, as for sessions: the windows as arrays, one
+# lookup per window (LATERAL ... OFFSET 0). A window without p starts at
+# ('-infinity', ''), before any event: with coalesce rather than
+# `p IS NULL OR ...`, the row comparison is an index condition on
+# availability_periods' primary key and on availability_events_order.
 _AVAILABILITY_WINDOWS = """
-SELECT x.user_id, x.channel, p.at, p.event_uuid, r.from_at, r.from_event,
-       (SELECT e.at FROM availability_events e
-        WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) > (p.at, p.event_uuid)
-          AND e.status <> p.status
-        ORDER BY e.at, e.event_uuid
-        LIMIT 1) AS run_to
+SELECT x.user_id, x.channel, p.at, p.event_uuid, r.from_at, r.from_event
 FROM (SELECT DISTINCT ON (user_id, channel) user_id, channel, at, event_uuid FROM stage_availability_events
       ORDER BY user_id, channel, at, event_uuid) AS x
 LEFT JOIN LATERAL (
-    SELECT e.at, e.event_uuid, e.status FROM availability_events e
+    SELECT e.at, e.event_uuid FROM availability_events e
     WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) < (x.at, x.event_uuid)
     ORDER BY e.at DESC, e.event_uuid DESC
     LIMIT 1
@@ -244,9 +244,14 @@ LEFT JOIN LATERAL (
 ORDER BY x.user_id, x.channel
 """
 
-_AVAILABILITY_WINDOW = """unnest(%(users)s::bigint[], %(channels)s::text[], %(ats)s::timestamptz[], %(events)s::text[])
-    AS w(user_id, channel, at, event_uuid)"""
-_FROM_P = "(coalesce(w.at, '-infinity'), coalesce(w.event_uuid COLLATE \"C\", ''))"
+_AVAILABILITY_WINDOW = """unnest(%(users)s::bigint[], %(channels)s::text[], %(ats)s::timestamptz[], %(events)s::text[],
+           %(run_ats)s::timestamptz[], %(run_events)s::text[])
+    AS w(user_id, channel, at, event_uuid, run_at, run_event)"""
+
+
+def _from(at: str, event: str) -> str:
+    return f"(coalesce(w.{at}, '-infinity'), coalesce(w.{event} COLLATE \"C\", ''))"
+
 
 # Rows of one (user, channel) are written only under that user's lock, which
 # this batch holds: a row's ctid stays put for the statement.
@@ -254,35 +259,33 @@ _AVAILABILITY = f"""
 DELETE FROM availability_periods WHERE ctid = ANY (ARRAY(
     SELECT p.ctid FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
         SELECT p.ctid FROM availability_periods p
-        WHERE p.user_id = w.user_id AND p.channel = w.channel AND (p.from_at, p.from_event) > {_FROM_P} OFFSET 0
+        WHERE p.user_id = w.user_id AND p.channel = w.channel
+          AND (p.from_at, p.from_event) >= {_from("run_at", "run_event")} OFFSET 0
     ) AS p));
 
-UPDATE availability_periods p SET to_at = r.to_at
-FROM unnest(%(users)s::bigint[], %(channels)s::text[], %(run_ats)s::timestamptz[], %(run_events)s::text[],
-            %(run_tos)s::timestamptz[]) AS r(user_id, channel, from_at, from_event, to_at)
-WHERE p.user_id = r.user_id AND p.channel = r.channel AND p.from_at = r.from_at
-  AND p.from_event = r.from_event COLLATE "C" AND p.to_at IS DISTINCT FROM r.to_at;
-
 WITH ev AS (
-    SELECT w.user_id, w.channel, e.at, e.event_uuid, e.status, w.at IS NOT NULL AS from_p,
+    SELECT w.user_id, w.channel, e.at, e.event_uuid, e.status, w.run_at, w.run_event,
            lag(e.status) OVER (PARTITION BY w.user_id, w.channel ORDER BY e.at, e.event_uuid) AS status_before
     FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
         SELECT e.at, e.event_uuid, e.status FROM availability_events e
-        WHERE e.user_id = w.user_id AND e.channel = w.channel AND (e.at, e.event_uuid) >= {_FROM_P} OFFSET 0
+        WHERE e.user_id = w.user_id AND e.channel = w.channel
+          AND (e.at, e.event_uuid) >= {_from("at", "event_uuid")} OFFSET 0
     ) AS e
 ),
 runs AS (
-    SELECT user_id, channel, status, at AS from_at, event_uuid AS from_event,
-           lead(at) OVER o AS to_at,
-           from_p AND lag(at) OVER o IS NULL AS is_r  -- the run at p, the window's first: R, updated above
+    SELECT user_id, channel, status, at, event_uuid, lead(at) OVER o AS to_at,
+           lag(at) OVER o IS NULL AS first_run, run_at, run_event
     FROM ev
     WHERE status_before IS DISTINCT FROM status
     WINDOW o AS (PARTITION BY user_id, channel ORDER BY at, event_uuid)
 )
 INSERT INTO availability_periods (user_id, channel, status, from_at, to_at, from_event)
-SELECT user_id, channel, status, from_at, to_at, from_event FROM runs
-WHERE NOT is_r
-ORDER BY user_id, channel, from_at, from_event;
+SELECT user_id, channel, status,
+       CASE WHEN first_run AND run_at IS NOT NULL THEN run_at ELSE at END,  -- the run at p is R: R's start
+       to_at,
+       CASE WHEN first_run AND run_at IS NOT NULL THEN run_event ELSE event_uuid END
+FROM runs
+ORDER BY 1, 2, 4, 6;
 """
 
 
@@ -344,13 +347,12 @@ def apply(cur, events: list[StoredEvent]) -> None:
 
     if conversations:
         _stage(cur, "stage_webhook_conversation_events", _CONVERSATION_COLUMNS, conversations)
-        cur.execute(_insert_side("webhook_conversation_events", _CONVERSATION_COLUMNS))
-        cur.execute(_ASSIGNMENTS)
-        cur.execute(_CONVERSATIONS)
+        cur.execute(_CONVERSATION_EVENTS + ";" + _CONVERSATIONS,
+                    {"conversations": sorted({row[2] for row in conversations})})
     if answers:
         _stage(cur, "stage_satisfaction_events", _SATISFACTION_COLUMNS, answers)
-        cur.execute(_insert_side("satisfaction_events", _SATISFACTION_COLUMNS))
-        cur.execute(_SATISFACTION)
+        cur.execute(_insert_side("satisfaction_events", _SATISFACTION_COLUMNS) + ";" + _SATISFACTION,
+                    {"conversations": sorted({row[2] for row in answers})})
     if users:
         _stage(cur, "stage_user_events", _USER_COLUMNS, users)
         cur.execute(_insert_side("user_events", _USER_COLUMNS))
@@ -393,9 +395,9 @@ def _recompute_availability(cur) -> None:
     """Recompute each staged (user, channel)'s runs from its window on."""
     cur.execute(_AVAILABILITY_WINDOWS)
     windows = []
-    for user, channel, at, event, run_at, run_event, run_to in cur.fetchall():
+    for user, channel, at, event, run_at, run_event in cur.fetchall():
         if at is not None and run_at is None:  # no run holds p (never so when the tables agree): start over
             at = event = None
-        windows.append((user, channel, at, event, run_at, run_event, run_to))
-    names = ("users", "channels", "ats", "events", "run_ats", "run_events", "run_tos")
+        windows.append((user, channel, at, event, run_at, run_event))
+    names = ("users", "channels", "ats", "events", "run_ats", "run_events")
     cur.execute(_AVAILABILITY, dict(zip(names, map(list, zip(*windows, strict=True)), strict=True)))

@@ -9,6 +9,14 @@ pushes that are ready (tests/test_slow_clients.py).
 
 The body is buffered up to MAX_BODY_BYTES + 1 bytes and no further: a larger
 declared length is answered 413 by the app without its body ever being read.
+
+A push runs on the event loop itself while Redis is steady (`inline_pushes`):
+handing it to a thread and back cost about a third of the ack path's CPU (the
+GIL passing between the loop and the threads), and its one LPUSH is bounded
+by the Redis timeouts. Everything that may wait longer goes to the threads:
+other endpoints (the status page queries PostgreSQL), pushes while Redis
+fails or has just failed (they go to the spool), pushes that wait for replicas
+(REDIS_MIN_REPLICAS).
 """
 
 from __future__ import annotations
@@ -17,17 +25,20 @@ import asyncio
 import io
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from web import create_app
+from web.services import app_breaker
 
 
 class BufferedWSGI:
     """Runs a WSGI app for ASGI requests once their body is in, in a thread pool."""
 
-    def __init__(self, wsgi_app, threads: int, max_body: int):
+    def __init__(self, wsgi_app, threads: int, max_body: int, inline: Callable[[dict], bool] | None = None):
         self.wsgi_app = wsgi_app
         self.max_body = max_body
+        self.inline = inline  # which requests run on the event loop (the scope decides)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pushline-web")
 
     async def __call__(self, scope, receive, send):
@@ -38,8 +49,11 @@ class BufferedWSGI:
             return
         body = await self._body(receive)
         environ = self._environ(scope, body)
-        loop = asyncio.get_running_loop()
-        status, headers, chunks = await loop.run_in_executor(self.executor, self._run, environ)
+        if self.inline is not None and self.inline(scope):
+            status, headers, chunks = self._run(environ)
+        else:
+            loop = asyncio.get_running_loop()
+            status, headers, chunks = await loop.run_in_executor(self.executor, self._run, environ)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(chunks)})
 
@@ -120,10 +134,25 @@ class BufferedWSGI:
                 return
 
 
+def inline_pushes(flask_app) -> Callable[[dict], bool]:
+    """POST /push while this process's Redis breaker is steady, and no push waits for replicas."""
+    settings = flask_app.config["PUSHLINE"]
+    breaker = app_breaker(flask_app)
+    if settings.redis_min_replicas:
+        return lambda scope: False
+
+    def decide(scope: dict) -> bool:
+        path = scope["path"]
+        return scope["method"] == "POST" and (path == "/push" or path.startswith("/push/")) and breaker.steady()
+
+    return decide
+
+
 def make_app() -> BufferedWSGI:
     flask_app = create_app()
     settings = flask_app.config["PUSHLINE"]
-    return BufferedWSGI(flask_app, threads=int(os.environ.get("WEB_THREADS", 4)), max_body=settings.max_body_bytes)
+    return BufferedWSGI(flask_app, threads=int(os.environ.get("WEB_THREADS", 4)), max_body=settings.max_body_bytes,
+                        inline=inline_pushes(flask_app))
 
 
 app = make_app()

@@ -55,19 +55,30 @@ def queue() -> EventQueue:
 class RedisBreaker:
     """After Redis fails, skip it for a moment instead of paying a timeout per push."""
 
-    def __init__(self, pause: float = 1.0):
+    def __init__(self, pause: float = 1.0, settle: float = 30.0):
         self.pause = pause
+        self.settle = settle
         self.open_until = 0.0
+        self.tripped_at = float("-inf")
 
     def closed(self) -> bool:
         return time.monotonic() >= self.open_until
 
+    def steady(self) -> bool:
+        """Redis has not failed for `settle` seconds: a push may run on the event loop (web/asgi.py)."""
+        return time.monotonic() - self.tripped_at >= self.settle
+
     def trip(self) -> None:
-        self.open_until = time.monotonic() + self.pause
+        self.tripped_at = time.monotonic()
+        self.open_until = self.tripped_at + self.pause
+
+
+def app_breaker(app) -> RedisBreaker:
+    return app.extensions.setdefault("pushline.breaker", RedisBreaker())
 
 
 def breaker() -> RedisBreaker:
-    return current_app.extensions.setdefault("pushline.breaker", RedisBreaker())
+    return app_breaker(current_app)
 
 
 def spool_connection() -> BoundedSession:

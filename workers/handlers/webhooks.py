@@ -6,23 +6,30 @@ Each table is a function of the SET of distinct events, in the order
 they come cannot give that (a late event may change which one is "earliest",
 or split an availability run), so every batch:
 
-1. locks, in one sorted statement, the webhook_locks row of every
-   conversation and user it touches. Row locks rather than advisory locks:
-   they live in the tuples, so a batch of thousands of conversations, or a
-   rebuild (one transaction over every event), never fills the shared lock
-   table (max_locks_per_transaction x max_connections entries). Every batch
-   takes them in the same order (kind, key), so batches never deadlock; a
-   batch that waited recomputes after the other committed, and its next
-   statement (READ COMMITTED) sees that batch's side rows;
-2. records each event's fields in a side table keyed by its eventId (the
+1. records each event's fields in a side table keyed by its eventId (the
    event's identity: a retry repeats its fields; should one eventId ever come
    with other fields, the first stored stays), ON CONFLICT DO NOTHING, so that
-   a redelivery or a replay adds nothing;
-3. recomputes the rows of those conversations and users from the side tables
-   with set-based SQL.
+   a redelivery or a replay adds nothing. No lock is needed for that: no two
+   batches hold one eventId (workers.store claims it first);
+2. locks the webhook_locks row of every conversation it touches and
+   recomputes the rows of those conversations from the side tables with
+   set-based SQL; then does the same for its users (sessions, availability).
+   Row locks rather than advisory locks: they live in the tuples, so a batch
+   of thousands of conversations, or a rebuild (one transaction over every
+   event), never fills the shared lock table (max_locks_per_transaction x
+   max_connections entries). Every batch takes them in the same order (kind,
+   then key, each kind in one sorted statement), so batches never deadlock; a
+   batch that waited recomputes after the other committed, and its next
+   statement (READ COMMITTED) sees that batch's side rows.
 
-One handler for the six types, so that one lock statement covers them all:
-locks taken by several handlers in turn could be taken crosswise.
+Users are locked last, and no lock comes before the recomputes: consecutive
+batches nearly always share a user (a desk's few hundred users each update
+their availability every few minutes), seldom a conversation, so a batch
+holds the locks another is likely to wait for only for its user recomputes
+and its commit.
+
+One handler for the six types, so that its two lock statements cover them all
+in one order: locks taken by several handlers in turn could be taken crosswise.
 
 Conversations and satisfaction hold a few events each and are recomputed
 whole. Sessions and availability runs are recomputed from a window: from the
@@ -36,7 +43,7 @@ history of the tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
@@ -70,8 +77,8 @@ _AVAILABILITY_COLUMNS = ("event_uuid", "channel", "event_id", "user_id", "at", "
 # input is sorted: the locks are taken in that order.
 _LOCK = """
 INSERT INTO webhook_locks (kind, key)
-SELECT kind, key FROM unnest(%s::text[], %s::text[]) AS x(kind, key)
-ORDER BY kind COLLATE "C", key COLLATE "C"
+SELECT '{0}', key FROM unnest(%({0}_keys)s::text[]) AS x(key)
+ORDER BY key COLLATE "C"
 ON CONFLICT (kind, key) DO UPDATE SET key = excluded.key WHERE false
 """
 
@@ -96,7 +103,7 @@ ON CONFLICT DO NOTHING
 # The conversations' events, one index lookup per conversation (as for the
 # windows below: a join with the staging table, which is never analysed, read
 # the whole side table as soon as it held a few thousand rows).
-_EVENTS_OF = """unnest(%(conversations)s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
+_EVENTS_OF = """unnest(%({1})s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
     SELECT w.* FROM {0} w WHERE w.conversation_id = c.conversation_id OFFSET 0) AS w"""
 
 # Attributes from the earliest pushed event, else from the latest closed one
@@ -104,7 +111,7 @@ _EVENTS_OF = """unnest(%(conversations)s::text[]) AS c(conversation_id) CROSS JO
 # closed event's).
 _ATTR = "CASE WHEN fp.event_uuid IS NOT NULL THEN fp.{0} ELSE lc.{0} END"
 _CONVERSATIONS = f"""
-WITH e AS MATERIALIZED (SELECT w.* FROM {_EVENTS_OF.format("webhook_conversation_events")}),
+WITH e AS MATERIALIZED (SELECT w.* FROM {_EVENTS_OF.format("webhook_conversation_events", "conversations")}),
 agg AS (
     SELECT conversation_id,
            min(at) FILTER (WHERE kind = 'pushed') AS started_at,
@@ -141,7 +148,7 @@ _SATISFACTION = f"""
 INSERT INTO satisfaction (conversation_id, {", ".join(f"{a}, {a}_at" for a in _ANSWERS)})
 SELECT w.conversation_id,
        {", ".join(f"{_LATEST.format(a)}, max(at) FILTER (WHERE {a} IS NOT NULL)" for a in _ANSWERS)}
-FROM {_EVENTS_OF.format("satisfaction_events")}
+FROM {_EVENTS_OF.format("satisfaction_events", "answered")}
 GROUP BY w.conversation_id
 ORDER BY w.conversation_id
 ON CONFLICT (conversation_id) DO UPDATE SET
@@ -293,11 +300,14 @@ ORDER BY 1, 2, 4, 6;
 # but a parameter's inequality (`at >= t0`) is guessed at a third of the
 # user's history, so a batch of a few hundred users passes jit_above_cost and
 # spent some 100 ms compiling what runs in a few.
-def _stage(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Fill staging table `table` with exactly these rows (a transaction may
-    stage several times: a rebuild's pages, a batch written event by event)."""
-    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}; DELETE FROM {table}")
-    copy_rows(cur, table, columns, rows)
+def _stage(cur, staged: list[tuple[str, Sequence[str], list[Sequence[Any]]]]) -> None:
+    """Fill each staging table with exactly its rows (a transaction may stage
+    several times: a rebuild's pages, a batch written event by event): one
+    statement makes and empties them all, then one COPY each."""
+    empty = "".join(f"; DELETE FROM {table}" for table, _, _ in staged)
+    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}{empty}")
+    for table, columns, rows in staged:
+        copy_rows(cur, table, columns, rows)
 
 
 def _bigint_array(values: list[int]) -> str:
@@ -339,38 +349,50 @@ def apply(cur, events: list[StoredEvent]) -> None:
             availability += [(uuid, channel, stored.id, p["user_id"], event.created, status)
                              for channel, status in statuses.items()]
 
-    keys = sorted({("conversation", row[2]) for row in (*conversations, *answers)}
-                  | {("user", str(row[2])) for row in users} | {("user", str(row[3])) for row in availability})
-    if not keys:
+    staged = [(f"stage_{table}", columns, rows) for table, columns, rows in (
+        ("webhook_conversation_events", _CONVERSATION_COLUMNS, conversations),
+        ("satisfaction_events", _SATISFACTION_COLUMNS, answers), ("user_events", _USER_COLUMNS, users),
+        ("availability_events", _AVAILABILITY_COLUMNS, availability)) if rows]
+    if not staged:
         return
-    cur.execute(_LOCK, ([k for k, _ in keys], [v for _, v in keys]))
+    _stage(cur, staged)
 
-    if conversations:
-        _stage(cur, "stage_webhook_conversation_events", _CONVERSATION_COLUMNS, conversations)
-        cur.execute(_CONVERSATION_EVENTS + ";" + _CONVERSATIONS,
-                    {"conversations": sorted({row[2] for row in conversations})})
-    if answers:
-        _stage(cur, "stage_satisfaction_events", _SATISFACTION_COLUMNS, answers)
-        cur.execute(_insert_side("satisfaction_events", _SATISFACTION_COLUMNS) + ";" + _SATISFACTION,
-                    {"conversations": sorted({row[2] for row in answers})})
-    if users:
-        _stage(cur, "stage_user_events", _USER_COLUMNS, users)
-        cur.execute(_insert_side("user_events", _USER_COLUMNS))
-        _recompute_sessions(cur, users)
-    if availability:
-        _stage(cur, "stage_availability_events", _AVAILABILITY_COLUMNS, availability)
-        cur.execute(_insert_side("availability_events", _AVAILABILITY_COLUMNS))
-        _recompute_availability(cur)
+    # Each part: its side rows first (they need no lock: no two batches hold one
+    # eventId, workers.store sees to that), then its locks, then its recompute,
+    # in one round trip. A batch that waits for another's lock then recomputes
+    # from a fresh snapshot, the other's rows committed.
+    if conversations or answers:
+        sql = [_CONVERSATION_EVENTS] if conversations else []
+        if answers:
+            sql.append(_insert_side("satisfaction_events", _SATISFACTION_COLUMNS))
+        sql.append(_LOCK.format("conversation"))
+        sql += [_CONVERSATIONS] if conversations else []
+        sql += [_SATISFACTION] if answers else []
+        cur.execute(";".join(sql), {"conversation_keys": sorted({row[2] for row in (*conversations, *answers)}),
+                                    "conversations": sorted({row[2] for row in conversations}),
+                                    "answered": sorted({row[2] for row in answers})})
+    if users or availability:
+        sql = [_insert_side("user_events", _USER_COLUMNS)] if users else []
+        if availability:
+            sql.append(_insert_side("availability_events", _AVAILABILITY_COLUMNS))
+        sql.append(_LOCK.format("user"))
+        locks = ";".join(sql)
+        user_keys = sorted({str(row[2]) for row in users} | {str(row[3]) for row in availability})
+        if users:
+            _recompute_sessions(cur, users, locks, {"user_keys": user_keys})
+        if availability:
+            _recompute_availability(cur, None if users else locks, {"user_keys": user_keys})
 
 
-def _recompute_sessions(cur, users: list[tuple]) -> None:
+def _recompute_sessions(cur, users: list[tuple], before: str, before_params: dict) -> None:
     """Pair again, with workers.sessions.pair_sessions (the operators' rule),
-    each staged user's connections from its window on (users: the staged rows)."""
+    each staged user's connections from its window on (users: the staged rows),
+    after the statements `before` (the side rows and the locks)."""
     t0 = {}
     for _, _, user, at, _ in users:
         t0[user] = min(at, t0.get(user, at))
     params = {"users": sorted(t0), "t0s": [t0[user] for user in sorted(t0)]}
-    cur.execute(_SESSION_WINDOWS, params)
+    cur.execute(before + ";" + _SESSION_WINDOWS, {**before_params, **params})
     windows = cur.fetchall()
     cur.execute(_DELETE_SESSIONS, params)
     cur.execute(_WINDOW_EVENTS, params)
@@ -391,9 +413,13 @@ def _recompute_sessions(cur, users: list[tuple]) -> None:
         copy_rows(cur, "user_sessions", ("user_id", "connected_at", "disconnected_at"), sessions)
 
 
-def _recompute_availability(cur) -> None:
-    """Recompute each staged (user, channel)'s runs from its window on."""
-    cur.execute(_AVAILABILITY_WINDOWS)
+def _recompute_availability(cur, before: str | None, before_params: dict) -> None:
+    """Recompute each staged (user, channel)'s runs from its window on, after
+    the statements `before` when there are (the side rows and the locks)."""
+    if before:
+        cur.execute(before + ";" + _AVAILABILITY_WINDOWS, before_params)
+    else:
+        cur.execute(_AVAILABILITY_WINDOWS)
     windows = []
     for user, channel, at, event, run_at, run_event in cur.fetchall():
         if at is not None and run_at is None:  # no run holds p (never so when the tables agree): start over

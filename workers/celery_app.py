@@ -159,7 +159,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        worker_prefetch_multiplier=1,
+        # Two messages a pool process: the next batch's message is in the worker when a task
+        # ends, not one BRPOP away (the pool waited 3.3 -> 2.5 ms between batches). The dispatcher
+        # keeps two batches in flight a process; a message lost with its worker costs one lease.
+        worker_prefetch_multiplier=2,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # Flower lists the tasks
         task_send_sent_event=True,

@@ -100,41 +100,35 @@ ORDER BY 1
 ON CONFLICT DO NOTHING
 """
 
-# The conversations' events, one index lookup per conversation (as for the
-# windows below: a join with the staging table, which is never analysed, read
-# the whole side table as soon as it held a few thousand rows).
-_EVENTS_OF = """unnest(%({1})s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
-    SELECT w.* FROM {0} w WHERE w.conversation_id = c.conversation_id OFFSET 0) AS w"""
+# Per conversation, its events aggregated where they are read: one index
+# lookup per conversation (a join with the staging table, which is never
+# analysed, read the whole side table as soon as it held a few thousand rows),
+# and no sort or grouping by conversation_id, whose collation is the
+# database's (strcoll for every comparison); the ordered aggregates sort a
+# conversation's few events by (at, event_uuid), event_uuid in "C".
+_PER_CONVERSATION = """unnest(%({1})s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
+    SELECT {2} FROM {0} w WHERE w.conversation_id = c.conversation_id) AS a"""
 
 # Attributes from the earliest pushed event, else from the latest closed one
 # (a whole event's values: a pushed event without visitorId does not borrow a
 # closed event's).
-_ATTR = "CASE WHEN fp.event_uuid IS NOT NULL THEN fp.{0} ELSE lc.{0} END"
+_ATTR = "CASE WHEN (a.fp).event_uuid IS NOT NULL THEN (a.fp).{0} ELSE (a.lc).{0} END"
+_CONVERSATION_AGGREGATES = """
+    count(*) FILTER (WHERE w.kind = 'pushed') AS assignments,
+    min(w.at) FILTER (WHERE w.kind = 'pushed') AS started_at,
+    max(w.at) FILTER (WHERE w.kind = 'closed') AS ended_at,
+    (array_agg(w ORDER BY w.at, w.event_uuid) FILTER (WHERE w.kind = 'pushed'))[1] AS fp,
+    (array_agg(w ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.kind = 'pushed'))[1] AS lp,
+    (array_agg(w ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.kind = 'closed'))[1] AS lc"""
 _CONVERSATIONS = f"""
-WITH e AS MATERIALIZED (SELECT w.* FROM {_EVENTS_OF.format("webhook_conversation_events", "conversations")}),
-agg AS (
-    SELECT conversation_id,
-           min(at) FILTER (WHERE kind = 'pushed') AS started_at,
-           max(at) FILTER (WHERE kind = 'closed') AS ended_at,
-           count(*) FILTER (WHERE kind = 'pushed') AS assignments
-    FROM e GROUP BY conversation_id
-),
-fp AS (SELECT DISTINCT ON (conversation_id) * FROM e WHERE kind = 'pushed'
-       ORDER BY conversation_id, at, event_uuid),
-lp AS (SELECT DISTINCT ON (conversation_id) * FROM e WHERE kind = 'pushed'
-       ORDER BY conversation_id, at DESC, event_uuid DESC),
-lc AS (SELECT DISTINCT ON (conversation_id) * FROM e WHERE kind = 'closed'
-       ORDER BY conversation_id, at DESC, event_uuid DESC)
 INSERT INTO conversations_v2 (conversation_id, client_id, project_id, channel, visitor_id, operator_id,
                               last_operator_id, operator_ids, assignments, started_at, ended_at)
-SELECT agg.conversation_id, {_ATTR.format("client_id")}, {_ATTR.format("project_id")},
+SELECT c.conversation_id, {_ATTR.format("client_id")}, {_ATTR.format("project_id")},
        {_ATTR.format("channel")}, {_ATTR.format("visitor_id")},
-       fp.operator_id, lp.operator_id, lc.operator_ids, agg.assignments, agg.started_at, agg.ended_at
-FROM agg
-LEFT JOIN fp USING (conversation_id)
-LEFT JOIN lp USING (conversation_id)
-LEFT JOIN lc USING (conversation_id)
-ORDER BY agg.conversation_id
+       (a.fp).operator_id, (a.lp).operator_id, (a.lc).operator_ids, a.assignments, a.started_at, a.ended_at
+FROM {_PER_CONVERSATION.format("webhook_conversation_events", "conversations", _CONVERSATION_AGGREGATES)}
+WHERE a.started_at IS NOT NULL OR a.ended_at IS NOT NULL
+ORDER BY c.conversation_id COLLATE "C"
 ON CONFLICT (conversation_id) DO UPDATE SET
     client_id = excluded.client_id, project_id = excluded.project_id, channel = excluded.channel,
     visitor_id = excluded.visitor_id, operator_id = excluded.operator_id,
@@ -143,14 +137,15 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 """
 
 # Each answer from the latest event carrying it (only such events are kept).
-_LATEST = "(array_agg({0} ORDER BY at DESC, event_uuid DESC) FILTER (WHERE {0} IS NOT NULL))[1]"
+_LATEST = "(array_agg(w.{0} ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.{0} IS NOT NULL))[1] AS {0}"
+_LATEST_AT = "max(w.at) FILTER (WHERE w.{0} IS NOT NULL) AS {0}_at"
+_SATISFACTION_AGGREGATES = ", ".join(f"{_LATEST.format(a)}, {_LATEST_AT.format(a)}" for a in _ANSWERS)
 _SATISFACTION = f"""
 INSERT INTO satisfaction (conversation_id, {", ".join(f"{a}, {a}_at" for a in _ANSWERS)})
-SELECT w.conversation_id,
-       {", ".join(f"{_LATEST.format(a)}, max(at) FILTER (WHERE {a} IS NOT NULL)" for a in _ANSWERS)}
-FROM {_EVENTS_OF.format("satisfaction_events", "answered")}
-GROUP BY w.conversation_id
-ORDER BY w.conversation_id
+SELECT c.conversation_id, {", ".join(f"a.{a}, a.{a}_at" for a in _ANSWERS)}
+FROM {_PER_CONVERSATION.format("satisfaction_events", "answered", _SATISFACTION_AGGREGATES)}
+WHERE {" OR ".join(f"a.{a}_at IS NOT NULL" for a in _ANSWERS)}
+ORDER BY c.conversation_id COLLATE "C"
 ON CONFLICT (conversation_id) DO UPDATE SET
     {", ".join(f"{a} = excluded.{a}, {a}_at = excluded.{a}_at" for a in _ANSWERS)}
 """

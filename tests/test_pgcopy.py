@@ -104,7 +104,7 @@ def test_a_prepared_session_stages_exactly_the_rows_of_each_call(settings, db):
         cur.execute("ROLLBACK")
 
 
-def test_a_worker_whose_staging_tables_vanish_retries_the_batch_and_loses_nothing(settings, db):
+def test_a_worker_whose_staging_tables_vanish_retries_the_batch_and_loses_nothing(settings, db, rq):
     """A pooler in transaction mode gives each transaction any server session: the
     tables made for one are not in the next. That is no event's fault: the batch
     is retried (nothing rejected) and the worker makes them in each transaction."""

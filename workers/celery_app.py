@@ -71,6 +71,25 @@ class DispatchStep(bootsteps.StartStopStep):
         except BaseException as exc:  # the loop never ends by itself but on stop()
             die(f"dispatcher died: {type(exc).__name__}: {exc}", exc_info=True)
 
+    def close(self, worker):
+        """Celery begins to stop the worker (every step is closed before any stops).
+
+        With a failure exit code and no signal asking for it, that is because its
+        consumer died ("Unrecoverable error" above: e.g. a pool process's result it
+        could not read, left mid-message in its pipe when the task's soft time limit
+        came while the main process was reconnecting to the broker). Celery's warm
+        shutdown may then wait on that pipe forever, processing nothing: the worker
+        exits at once, non-zero, so that its supervisor restarts it. Its batches
+        come back when their leases end.
+        """
+        if worker.exitcode and not _SHUTDOWN_ASKED.is_set():
+            from workers.dispatch import die
+
+            if self.dispatcher is not None:
+                self.dispatcher.stop()
+                self.thread.join(timeout=5)  # it gives back the batches no task began
+            die(f"Celery's consumer died (the \"Unrecoverable error\" above; exit code {worker.exitcode})")
+
     def stop(self, worker):
         if self.dispatcher is not None:
             self.dispatcher.stop()
@@ -79,6 +98,14 @@ class DispatchStep(bootsteps.StartStopStep):
             self.dispatcher = None
 
     shutdown = stop
+
+
+_SHUTDOWN_ASKED = threading.Event()  # a signal (SIGTERM, SIGINT, SIGQUIT) asked this worker to stop
+
+
+@signals.worker_shutting_down.connect
+def _shutdown_asked(**kwargs):
+    _SHUTDOWN_ASKED.set()
 
 
 _DISPATCHERS: dict[str, object] = {}

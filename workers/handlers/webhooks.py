@@ -214,31 +214,37 @@ WHERE s.id = c.id
 # just before the batch's earliest event of that channel (no such event: the
 # whole history). Everything before p is final, and so is the run R holding p
 # but for its end, to_at: the first event after p with another status than
-# p's. R and the runs after it are deleted and the window's recomputed (gaps
-# and islands: a run starts where the status changes); the first of them
-# starts at p and is R itself, written again with R's own start. Starting at
-# R's first event would read R's whole run again: all the history of a channel
-# whose status never changes.
+# p's. The runs after R are deleted and the window's recomputed (gaps and
+# islands: a run starts where the status changes); the first of them starts
+# at p and is R itself, whose new end is set instead, when it changed.
+# Starting at R's first event would read R's whole run again: all the history
+# of a channel whose status never changes.
 #
-# The windows: per (user, channel) staged, p and R's key, each found by one
-# index scan (LATERAL ... LIMIT 1 is a nested loop whatever the staging
+# The windows: per (user, channel) staged, p, R and R's new end, each found by
+# one index scan (LATERAL ... LIMIT 1 is a nested loop whatever the staging
 # table's estimate). After that, as for sessions: the windows as arrays, one
-# lookup per window (LATERAL ... OFFSET 0). A window without p starts at
-# ('-infinity', ''), before any event: with coalesce rather than
-# `p IS NULL OR ...`, the row comparison is an index condition on
+# lookup per window (LATERAL ... OFFSET 0), R updated by its ctid (a TID scan
+# per row; joined on its key, the planner read the whole table). A window
+# without p starts at ('-infinity', ''), before any event: with coalesce
+# rather than `p IS NULL OR ...`, the row comparison is an index condition on
 # availability_periods' primary key and on availability_events_order.
 _AVAILABILITY_WINDOWS = """
-SELECT x.user_id, x.channel, p.at, p.event_uuid, r.from_at, r.from_event
+SELECT x.user_id, x.channel, p.at, p.event_uuid, r.ctid, r.to_at,
+       (SELECT e.at FROM availability_events e
+        WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) > (p.at, p.event_uuid)
+          AND e.status <> p.status
+        ORDER BY e.at, e.event_uuid
+        LIMIT 1) AS run_to
 FROM (SELECT DISTINCT ON (user_id, channel) user_id, channel, at, event_uuid FROM stage_availability_events
       ORDER BY user_id, channel, at, event_uuid) AS x
 LEFT JOIN LATERAL (
-    SELECT e.at, e.event_uuid FROM availability_events e
+    SELECT e.at, e.event_uuid, e.status FROM availability_events e
     WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) < (x.at, x.event_uuid)
     ORDER BY e.at DESC, e.event_uuid DESC
     LIMIT 1
 ) AS p ON true
 LEFT JOIN LATERAL (
-    SELECT r.from_at, r.from_event FROM availability_periods r
+    SELECT r.ctid, r.to_at FROM availability_periods r
     WHERE r.user_id = x.user_id AND r.channel = x.channel AND (r.from_at, r.from_event) <= (p.at, p.event_uuid)
     ORDER BY r.from_at DESC, r.from_event DESC
     LIMIT 1
@@ -246,48 +252,44 @@ LEFT JOIN LATERAL (
 ORDER BY x.user_id, x.channel
 """
 
-_AVAILABILITY_WINDOW = """unnest(%(users)s::bigint[], %(channels)s::text[], %(ats)s::timestamptz[], %(events)s::text[],
-           %(run_ats)s::timestamptz[], %(run_events)s::text[])
-    AS w(user_id, channel, at, event_uuid, run_at, run_event)"""
-
-
-def _from(at: str, event: str) -> str:
-    return f"(coalesce(w.{at}, '-infinity'), coalesce(w.{event} COLLATE \"C\", ''))"
-
+_AVAILABILITY_WINDOW = """unnest(%(users)s::bigint[], %(channels)s::text[], %(ats)s::timestamptz[], %(events)s::text[])
+    AS w(user_id, channel, at, event_uuid)"""
+_FROM_P = "(coalesce(w.at, '-infinity'), coalesce(w.event_uuid COLLATE \"C\", ''))"
 
 # Rows of one (user, channel) are written only under that user's lock, which
-# this batch holds: a row's ctid stays put for the statement.
+# this batch holds: a row's ctid stays put until this batch changes the row.
+_RUN_ENDS = """
+UPDATE availability_periods p SET to_at = r.to_at
+FROM unnest(%(run_ctids)s::tid[], %(run_tos)s::timestamptz[]) AS r(ctid, to_at)
+WHERE p.ctid = r.ctid;
+"""
 _AVAILABILITY = f"""
 DELETE FROM availability_periods WHERE ctid = ANY (ARRAY(
     SELECT p.ctid FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
         SELECT p.ctid FROM availability_periods p
-        WHERE p.user_id = w.user_id AND p.channel = w.channel
-          AND (p.from_at, p.from_event) >= {_from("run_at", "run_event")} OFFSET 0
+        WHERE p.user_id = w.user_id AND p.channel = w.channel AND (p.from_at, p.from_event) > {_FROM_P} OFFSET 0
     ) AS p));
 
 WITH ev AS (
-    SELECT w.user_id, w.channel, e.at, e.event_uuid, e.status, w.run_at, w.run_event,
+    SELECT w.user_id, w.channel, e.at, e.event_uuid, e.status, w.at IS NOT NULL AS from_p,
            lag(e.status) OVER (PARTITION BY w.user_id, w.channel ORDER BY e.at, e.event_uuid) AS status_before
     FROM {_AVAILABILITY_WINDOW} CROSS JOIN LATERAL (
         SELECT e.at, e.event_uuid, e.status FROM availability_events e
-        WHERE e.user_id = w.user_id AND e.channel = w.channel
-          AND (e.at, e.event_uuid) >= {_from("at", "event_uuid")} OFFSET 0
+        WHERE e.user_id = w.user_id AND e.channel = w.channel AND (e.at, e.event_uuid) >= {_FROM_P} OFFSET 0
     ) AS e
 ),
 runs AS (
-    SELECT user_id, channel, status, at, event_uuid, lead(at) OVER o AS to_at,
-           lag(at) OVER o IS NULL AS first_run, run_at, run_event
+    SELECT user_id, channel, status, at AS from_at, event_uuid AS from_event,
+           lead(at) OVER o AS to_at,
+           from_p AND lag(at) OVER o IS NULL AS is_r  -- the run at p, the window's first: R, its end set above
     FROM ev
     WHERE status_before IS DISTINCT FROM status
     WINDOW o AS (PARTITION BY user_id, channel ORDER BY at, event_uuid)
 )
 INSERT INTO availability_periods (user_id, channel, status, from_at, to_at, from_event)
-SELECT user_id, channel, status,
-       CASE WHEN first_run AND run_at IS NOT NULL THEN run_at ELSE at END,  -- the run at p is R: R's start
-       to_at,
-       CASE WHEN first_run AND run_at IS NOT NULL THEN run_event ELSE event_uuid END
-FROM runs
-ORDER BY 1, 2, 4, 6;
+SELECT user_id, channel, status, from_at, to_at, from_event FROM runs
+WHERE NOT is_r
+ORDER BY user_id, channel, from_at, from_event;
 """
 
 
@@ -415,10 +417,14 @@ def _recompute_availability(cur, before: str | None, before_params: dict) -> Non
         cur.execute(before + ";" + _AVAILABILITY_WINDOWS, before_params)
     else:
         cur.execute(_AVAILABILITY_WINDOWS)
-    windows = []
-    for user, channel, at, event, run_at, run_event in cur.fetchall():
-        if at is not None and run_at is None:  # no run holds p (never so when the tables agree): start over
+    windows, ends = [], []
+    for user, channel, at, event, run, run_end, run_to in cur.fetchall():
+        if at is not None and run is None:  # no run holds p (never so when the tables agree): start over
             at = event = None
-        windows.append((user, channel, at, event, run_at, run_event))
-    names = ("users", "channels", "ats", "events", "run_ats", "run_events")
-    cur.execute(_AVAILABILITY, dict(zip(names, map(list, zip(*windows, strict=True)), strict=True)))
+        elif run is not None and run_to != run_end:
+            ends.append((run, run_to))
+        windows.append((user, channel, at, event))
+    params = dict(zip(("users", "channels", "ats", "events"), map(list, zip(*windows, strict=True)), strict=True))
+    if ends:
+        params["run_ctids"], params["run_tos"] = map(list, zip(*ends, strict=True))
+    cur.execute((_RUN_ENDS if ends else "") + _AVAILABILITY, params)

@@ -39,9 +39,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, psycopg2.InterfaceError):
         return True
     if not isinstance(exc, psycopg2.OperationalError):
-        return False
+        return isinstance(exc, psycopg2.Error) and getattr(exc, "pgcode", None) in _TRANSIENT_CODES
     code = exc.pgcode
-    return code is None or code[:2] in _TRANSIENT_CLASSES or code == "55P03"  # None: no server reply at all
+    return code is None or code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES  # None: no server reply
+
+
+# A lock wait that timed out; a read-only session (a standby we were pointed at during
+# a failover: the data is fine, the server is not the primary yet; psycopg2 files it
+# under InternalError, not OperationalError, so it is checked by code whatever the class).
+_TRANSIENT_CODES = frozenset(("55P03", "25006"))
 
 
 @dataclass(frozen=True)

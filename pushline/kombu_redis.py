@@ -51,8 +51,12 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-def transport_for(url: str) -> str:
-    """The transport class for a broker URL (as pushline.celery_client makes them)."""
+def transport_for(url: str) -> str | None:
+    """The transport class for a broker URL (as pushline.celery_client makes them);
+    None (kombu's own, by the URL's scheme) for any other scheme: kombu turns TLS on
+    for `rediss://` by the transport's name, which a class of ours would not carry."""
     if url.startswith("sentinel://"):
         return f"{__name__}:SentinelTransport"
-    return f"{__name__}:Transport"
+    if url.startswith("redis://"):
+        return f"{__name__}:Transport"
+    return None

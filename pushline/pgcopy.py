@@ -7,6 +7,7 @@ itself cannot do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -104,9 +105,14 @@ def prepare_staging(conn) -> None:
     a worker makes them once, right after connecting, and `stage_rows` then
     skips the DDL (and the statement that empties a table it did not use yet
     in the transaction: three round trips a batch)."""
-    with conn.cursor() as cur:
-        cur.execute(f"SET LOCAL client_min_messages = warning; {STAGING}")
-    conn.commit()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET LOCAL client_min_messages = warning; {STAGING}")
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):  # a broken connection: its owner drops it
+            conn.rollback()
+        raise
     conn.staging_made = STAGING_TABLES
 
 

@@ -410,11 +410,11 @@ class EventQueue:
         if then is None:
             return bool(self._ack(keys=keys, args=args))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._ack.sha, len(keys), *keys, *args)
+        # EVAL, not EVALSHA: a Redis that restarted has no script cache, and the
+        # commands after the ack (the report among them) must never run without it.
+        pipe.eval(_ACK, len(keys), *keys, *args)
         then(pipe)
         acked = pipe.execute(raise_on_error=False)[0]
-        if isinstance(acked, redis.exceptions.NoScriptError):  # a restarted Redis: load it and ack again
-            return bool(self._ack(keys=keys, args=args))
         if isinstance(acked, Exception):
             raise acked
         return bool(acked)

@@ -19,9 +19,10 @@ from web.services import RedisBreaker, app_breaker
 class _App:
     """A WSGI app that answers with the name of the thread it ran on."""
 
-    def __init__(self, min_replicas: int = 0):
+    def __init__(self, min_replicas: int = 0, url: str = "redis://127.0.0.1:6379/0"):
         class _Settings:
             redis_min_replicas = min_replicas
+            redis_url = url
 
         self.config = {"PUSHLINE": _Settings()}
         self.extensions: dict = {}
@@ -75,3 +76,12 @@ def test_pushes_that_wait_for_replicas_never_run_on_the_loop():
     app = _App(min_replicas=1)
     adapter = BufferedWSGI(app, threads=2, max_body=1000, inline=inline_pushes(app))
     assert _request(adapter, "POST", "/push/token") == "thread"
+
+
+def test_pushes_through_redis_pys_client_never_run_on_the_loop():
+    """Sentinel's master lookup and TLS go through redis-py, whose reconnection
+    retries with backoff: not bounded by one socket timeout."""
+    for url in ("redis+sentinel://127.0.0.1:26379/mymaster/0", "rediss://127.0.0.1:6380/0"):
+        app = _App(url=url)
+        adapter = BufferedWSGI(app, threads=2, max_body=1000, inline=inline_pushes(app))
+        assert _request(adapter, "POST", "/push/token") == "thread", url

@@ -408,3 +408,29 @@ def test_a_dispatcher_whose_tasks_are_never_taken_says_it_is_wedged(settings, db
         assert dispatcher.unreported_in_a_row == 0 and not dispatcher.wedged()
     finally:
         dispatcher.consumer.close()
+
+
+def test_a_worker_pointed_at_a_read_only_server_retries_and_rejects_nothing(settings, db, rq):
+    """During a PostgreSQL failover a worker may reach a standby that is not primary yet:
+    writes fail with read_only_sql_transaction. That is the server's state, not the data's:
+    the batch goes back to the queue (no strike, nothing rejected or dead-lettered) and is
+    stored once the server takes writes."""
+    from workers.consumer import Transient
+
+    name = settings.database_url.rsplit("/", 1)[1]
+    loop = Consumer(settings, registry_with_handlers(), name="read-only")
+    try:
+        db.cursor().execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        enqueue(loop.queue, login(5, "2014-01-01 10:00:00"), logout(5, "2014-01-01 11:00:00"))
+        for _ in range(3):  # every attempt meets the read-only server
+            with pytest.raises(Transient):
+                loop.step(block_seconds=0)
+        assert loop.queue.depth() == 2
+        assert loop.queue.redis.llen(loop.queue.suspect) == 0 and loop.queue.dead_letter_count() == 0
+    finally:
+        db.cursor().execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+    try:
+        assert drain(loop) == 2
+    finally:
+        loop.close()
+    assert query(db, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 2)]

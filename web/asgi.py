@@ -12,11 +12,13 @@ declared length is answered 413 by the app without its body ever being read.
 
 A push runs on the event loop itself while Redis is steady (`inline_pushes`):
 handing it to a thread and back cost about a third of the ack path's CPU (the
-GIL passing between the loop and the threads), and its one LPUSH is bounded
-by the Redis timeouts. Everything that may wait longer goes to the threads:
-other endpoints (the status page queries PostgreSQL), pushes while Redis
-fails or has just failed (they go to the spool), pushes that wait for replicas
-(REDIS_MIN_REPLICAS).
+GIL passing between the loop and the threads), and its one LPUSH on a bare
+socket is bounded by the Redis timeouts. Everything that may wait longer goes
+to the threads: other endpoints (the status page queries PostgreSQL), pushes
+within 30 s of a Redis failure (they go to the spool), pushes that wait for
+replicas (REDIS_MIN_REPLICAS), pushes through redis-py's client (Sentinel,
+TLS). The push that meets a Redis failure first still ends on the loop: its
+timeout, then its spool insert (bounded too), hold the loop once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from pushline.resp import RespConnection
 from web import create_app
 from web.services import app_breaker
 
@@ -134,11 +137,21 @@ class BufferedWSGI:
                 return
 
 
+def _bare_socket(url: str | None) -> bool:
+    """Whether the push's LPUSH goes over pushline.resp's bare socket."""
+    try:
+        return bool(url) and RespConnection.for_url(url) is not None
+    except ValueError:  # not a Redis URL at all: the app answers 503s, from a thread
+        return False
+
+
 def inline_pushes(flask_app) -> Callable[[dict], bool]:
     """POST /push while this process's Redis breaker is steady, and no push waits for replicas."""
     settings = flask_app.config["PUSHLINE"]
     breaker = app_breaker(flask_app)
-    if settings.redis_min_replicas:
+    if settings.redis_min_replicas or not _bare_socket(settings.redis_url):
+        # WAIT for replicas, or redis-py's client (Sentinel, TLS), whose reconnection
+        # (a master lookup, retries with backoff) is not bounded by one socket timeout.
         return lambda scope: False
 
     def decide(scope: dict) -> bool:

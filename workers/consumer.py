@@ -152,7 +152,7 @@ class Consumer:
         try:
             conn = self.conn
             if self.staging_per_session and not conn.staging_made:
-                prepare_staging(conn)  # once a session, as the role it works as (before its first batch)
+                self._prepare_staging(conn)
             result = process_items(conn, batch.items, self.registry, self.settings.tzinfo,
                                    self.settings.max_custom_data_keys,
                                    reject=STRUCK_REASON if kind == STRUCK else None)
@@ -176,6 +176,7 @@ class Consumer:
                     self.drop_connection()
                 raise Transient(f"{type(exc).__name__}: {exc}") from exc
             log.error("batch failed in an unexpected way; its items are retried one at a time", exc_info=True)
+            self.drop_connection()  # whatever state the session is in, the next batch starts afresh
             self.give_back(batch, strike=True)
             return Outcome.GIVEN_BACK
         except Exception:
@@ -207,6 +208,19 @@ class Consumer:
         self.counts.update(result.counts)
         self.events_done += len(batch.items)
         return Outcome.STORED
+
+    def _prepare_staging(self, conn) -> None:
+        """Staging tables once a session, as the role it works as (before its first batch).
+        A session that cannot make them for good (a read-only standby, a role without
+        TEMP) is no event's fault: batches then make them in their own transaction."""
+        try:
+            prepare_staging(conn)
+        except psycopg2.Error as exc:
+            if is_transient(exc):
+                raise
+            log.warning("staging tables cannot be made once for the session (%s: %s); each batch makes them",
+                        type(exc).__name__, str(exc).strip())
+            self.staging_per_session = False
 
     def give_back(self, batch: Batch, strike: bool, suspect: bool = False) -> None:
         """Hand the batch back now rather than after its lease expires."""

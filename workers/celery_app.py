@@ -79,28 +79,56 @@ class DispatchStep(bootsteps.StartStopStep):
         could not read, left mid-message in its pipe when the task's soft time limit
         came while the main process was reconnecting to the broker). Celery's warm
         shutdown may then wait on that pipe forever, processing nothing: the worker
-        exits at once, non-zero, so that its supervisor restarts it. Its batches
-        come back when their leases end.
+        exits at once, non-zero, so that its supervisor restarts it. The batches
+        its pool processes had in hand are given back without a strike (their
+        transactions die with the processes: we ended them, not their events), as
+        are those whose messages it held; the others come back when their leases end.
         """
         if worker.exitcode and not _SHUTDOWN_ASKED.is_set():
             from workers.dispatch import die
 
+            held = _batches_here(started=True) + _batches_here(started=False)
             if self.dispatcher is not None:
                 self.dispatcher.stop()
                 self.thread.join(timeout=5)  # it gives back the batches no task began
-            die(f"Celery's consumer died (the \"Unrecoverable error\" above; exit code {worker.exitcode})")
+            die(f"Celery's consumer died (the \"Unrecoverable error\" above; exit code {worker.exitcode})",
+                before_exit=lambda: self._give_back(held))
 
     def stop(self, worker):
         if self.dispatcher is not None:
+            # Messages this worker took and will not run (two a pool process are taken
+            # ahead) are not returned to the broker (no ack emulation): their batches,
+            # whichever dispatcher sent them, go back now instead of after their lease.
+            self._give_back(_batches_here(started=False))
             self.dispatcher.stop()
             self.thread.join(timeout=30)
             self.heartbeat.stop()
             self.dispatcher = None
 
+    def _give_back(self, batch_ids: list[str]) -> None:
+        from pushline.queue import Batch
+
+        consumer = self.dispatcher.consumer if self.dispatcher is not None else None
+        if consumer is None:
+            return
+        for batch_id in batch_ids:
+            consumer.give_back(Batch(batch_id, []), strike=False)
+
     shutdown = stop
 
 
 _SHUTDOWN_ASKED = threading.Event()  # a signal (SIGTERM, SIGINT, SIGQUIT) asked this worker to stop
+
+
+def _batches_here(started: bool) -> list[str]:
+    """Batch ids of this worker's store_batch requests: those a pool process took
+    (`started`), or those it holds that none took yet."""
+    from celery.worker import state
+
+    active = {r.id for r in list(state.active_requests)}
+    requests = list(state.active_requests) if started else [r for r in list(state.reserved_requests)
+                                                          if r.id not in active]
+    return [r.args[0] for r in requests if r.name == "pushline.store_batch" and r.args]
 
 
 @signals.worker_shutting_down.connect

@@ -69,7 +69,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def die(reason: str, exc_info=None) -> None:
+def die(reason: str, exc_info=None, before_exit: Callable[[], object] | None = None) -> None:
     """End the whole worker, pool processes included: its supervisor restarts it.
 
     A dispatcher thread that dies alone would leave a Celery process that looks
@@ -80,6 +80,9 @@ def die(reason: str, exc_info=None) -> None:
     for child in _children(os.getpid()):
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
+    if before_exit is not None:  # after the pool processes are gone: nothing of theirs can still commit
+        with contextlib.suppress(Exception):
+            before_exit()
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()

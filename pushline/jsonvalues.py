@@ -74,10 +74,14 @@ _SHORT = _INT_DIGITS
 def loads(text: str) -> Any:
     """JSON text as Python values, numbers beyond a float exactly (loads_exact).
 
-    The same values as `loads_exact(text) if needs_exact(text) else json.loads(text)`,
+    What `loads_exact(text) if needs_exact(text) else json.loads(text)` gave,
     without the regex scan: floats (rare in events) are checked one by one as
     the C scanner meets them; a text too short to hold a 4000-digit integer
-    needs nothing more."""
+    needs nothing more. One difference, on purpose: the scan read every float
+    of a body exactly once any number in it (or a string like ":1e123")
+    needed it; now only the floats that need it are. In such a body a float
+    spelled with 16 digits past 2**53 and an exponent (9007199254740993e0)
+    now reads as the float it rounds to, as it always did in other bodies."""
     if len(text) > _SHORT:
         return loads_exact(text) if needs_exact(text) else json.loads(text)
     try:

@@ -318,6 +318,17 @@ def test_availability_runs_per_channel(loop, wh):
     ]
 
 
+def test_an_availability_update_listing_no_channel_changes_nothing(loop, wh, caplog):
+    """Processed, alone in its batch or beside a connection of the same user: no row, and
+    the batch goes through whole (event by event, it would end the same: only the log says)."""
+    store(loop, [availability(12, "2024-03-05T09:00:00Z")],
+          [availability(12, "2024-03-05T09:05:00Z"), connected(12, "2024-03-05T09:06:00Z")])
+    assert "isolating" not in caplog.text
+    assert query(wh, "SELECT status, count(*) FROM events GROUP BY 1") == [("processed", 3)]
+    assert periods(wh, 12) == []
+    assert query(wh, "SELECT user_id, disconnected_at FROM user_sessions") == [(12, None)]
+
+
 def test_an_event_inside_a_run_splits_it(loop, wh):
     d = "2024-03-05T"
     store(loop, [availability(9, d + "10:00:00Z", ("CHAT", "AVAILABLE")),

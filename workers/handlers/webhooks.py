@@ -45,7 +45,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import groupby
-from typing import Any
 
 from pushline.pgcopy import copy_rows
 from workers.registry import StoredEvent, registry
@@ -56,15 +55,21 @@ CONNECTED, DISCONNECTED = "user.connected", "user.disconnected"
 AVAILABILITY, SATISFACTION = "user.availability.updated", "satisfaction.answered"
 _ANSWERS = ("customer_satisfaction", "net_promoter_score", "satisfaction_comment")
 
-# Staging tables like the side tables (LIKE keeps them in step), per session,
-# emptied at commit; see pushline.pgcopy.
+# One staging table for the four kinds of rows (`part` tells them apart), per
+# session, emptied at commit (see pushline.pgcopy): one COPY a batch, and one
+# table for the commit to empty (each costs it a file truncation). Columns as
+# in the side tables.
+_STAGE_COLUMNS = ("part", "event_uuid", "event_id", "conversation_id", "user_id", "at", "kind", "client_id",
+                  "project_id", "channel", "visitor_id", "operator_id", "operator_ids", "status", *_ANSWERS)
 _STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_webhook_conversation_events (LIKE webhook_conversation_events)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_satisfaction_events (LIKE satisfaction_events) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_user_events (LIKE user_events) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_availability_events (LIKE availability_events) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_webhooks (
+    part text, event_uuid text COLLATE "C", event_id bigint, conversation_id text, user_id bigint,
+    at timestamptz, kind text, client_id bigint, project_id bigint, channel text, visitor_id text,
+    operator_id bigint, operator_ids bigint[], status text, customer_satisfaction bigint,
+    net_promoter_score integer, satisfaction_comment text
+) ON COMMIT DELETE ROWS
 """
+_NO = (None,) * len(_STAGE_COLUMNS)
 
 _CONVERSATION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "kind", "at", "client_id", "project_id",
                          "channel", "visitor_id", "operator_id", "operator_ids")
@@ -83,16 +88,17 @@ ON CONFLICT (kind, key) DO UPDATE SET key = excluded.key WHERE false
 """
 
 
-def _insert_side(table: str, columns: Sequence[str]) -> str:
+def _insert_side(table: str, part: str, columns: Sequence[str], key: str = "event_uuid") -> str:
     cols = ", ".join(columns)
-    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table} ORDER BY 1 ON CONFLICT DO NOTHING"
+    return (f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_webhooks WHERE part = '{part}' ORDER BY {key}"
+            " ON CONFLICT DO NOTHING")
 
 
 # One row per distinct pushed event, whatever else: no recompute needed. The
 # side rows this batch added (RETURNING), so that both say the same when an
 # eventId came twice: a side row and its assignment are written together.
 _CONVERSATION_EVENTS = f"""
-WITH added AS ({_insert_side("webhook_conversation_events", _CONVERSATION_COLUMNS)}
+WITH added AS ({_insert_side("webhook_conversation_events", "conversation", _CONVERSATION_COLUMNS)}
                RETURNING event_uuid, conversation_id, kind, operator_id, at)
 INSERT INTO conversation_assignments (event_uuid, conversation_id, operator_id, assigned_at)
 SELECT event_uuid, conversation_id, operator_id, at FROM added WHERE kind = 'pushed'
@@ -235,8 +241,8 @@ SELECT x.user_id, x.channel, p.at, p.event_uuid, r.ctid, r.to_at,
           AND e.status <> p.status
         ORDER BY e.at, e.event_uuid
         LIMIT 1) AS run_to
-FROM (SELECT DISTINCT ON (user_id, channel) user_id, channel, at, event_uuid FROM stage_availability_events
-      ORDER BY user_id, channel, at, event_uuid) AS x
+FROM (SELECT DISTINCT ON (user_id, channel) user_id, channel, at, event_uuid FROM stage_webhooks
+      WHERE part = 'availability' ORDER BY user_id, channel, at, event_uuid) AS x
 LEFT JOIN LATERAL (
     SELECT e.at, e.event_uuid, e.status FROM availability_events e
     WHERE e.user_id = x.user_id AND e.channel = x.channel AND (e.at, e.event_uuid) < (x.at, x.event_uuid)
@@ -297,14 +303,11 @@ ORDER BY user_id, channel, from_at, from_event;
 # but a parameter's inequality (`at >= t0`) is guessed at a third of the
 # user's history, so a batch of a few hundred users passes jit_above_cost and
 # spent some 100 ms compiling what runs in a few.
-def _stage(cur, staged: list[tuple[str, Sequence[str], list[Sequence[Any]]]]) -> None:
-    """Fill each staging table with exactly its rows (a transaction may stage
-    several times: a rebuild's pages, a batch written event by event): one
-    statement makes and empties them all, then one COPY each."""
-    empty = "".join(f"; DELETE FROM {table}" for table, _, _ in staged)
-    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}{empty}")
-    for table, columns, rows in staged:
-        copy_rows(cur, table, columns, rows)
+def _stage(cur, rows: list[tuple]) -> None:
+    """Fill the staging table with exactly these rows (a transaction may stage
+    several times: a rebuild's pages, a batch written event by event)."""
+    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}; DELETE FROM stage_webhooks")
+    copy_rows(cur, "stage_webhooks", _STAGE_COLUMNS, rows)
 
 
 def _bigint_array(values: list[int]) -> str:
@@ -323,70 +326,71 @@ def _closes_open_session(events: list[tuple]):
 
 @registry.handles_webhooks(PUSHED, CLOSED, CONNECTED, DISCONNECTED, AVAILABILITY, SATISFACTION)
 def apply(cur, events: list[StoredEvent]) -> None:
-    conversations, answers, users, availability = [], [], [], []
+    rows, conversations, answered, sessions, availability = [], set(), set(), [], set()
     for stored in events:
         event, p = stored.event, stored.event.parameters
-        uuid = p["event_id"]
+        head = (p["event_id"], stored.id)
         if event.name in (PUSHED, CLOSED):
             pushed = event.name == PUSHED
-            conversations.append((
-                uuid, stored.id, p["conversation_id"], "pushed" if pushed else "closed", event.created,
-                p["client_id"], p["project_id"], p["channel"], p.get("visitor_id"),
-                p["operator_id"] if pushed else None, None if pushed else _bigint_array(p["operator_ids"])))
+            conversations.add(p["conversation_id"])
+            rows.append(("conversation", *head, p["conversation_id"], None, event.created,
+                         "pushed" if pushed else "closed", p["client_id"], p["project_id"], p["channel"],
+                         p.get("visitor_id"), p["operator_id"] if pushed else None,
+                         None if pushed else _bigint_array(p["operator_ids"]), None, None, None, None))
         elif event.name == SATISFACTION:
             if any(p.get(a) is not None for a in _ANSWERS):  # customQuestion alone changes nothing
-                answers.append((uuid, stored.id, p["conversation_id"], event.created,
-                                *(p.get(a) for a in _ANSWERS)))
+                answered.add(p["conversation_id"])
+                rows.append(("satisfaction", *head, p["conversation_id"], None, event.created, *_NO[6:14],
+                             *(p.get(a) for a in _ANSWERS)))
         elif event.name in (CONNECTED, DISCONNECTED):
-            users.append((uuid, stored.id, p["user_id"], event.created,
-                          "connected" if event.name == CONNECTED else "disconnected"))
+            sessions.append((p["user_id"], event.created))
+            rows.append(("user", *head, None, p["user_id"], event.created,
+                         "connected" if event.name == CONNECTED else "disconnected", *_NO[7:]))
         else:
             # A channel listed twice: its last entry counts.
             statuses = {a["channel"]: a["status"] for a in p["availabilities"]}
-            availability += [(uuid, channel, stored.id, p["user_id"], event.created, status)
-                             for channel, status in statuses.items()]
-
-    staged = [(f"stage_{table}", columns, rows) for table, columns, rows in (
-        ("webhook_conversation_events", _CONVERSATION_COLUMNS, conversations),
-        ("satisfaction_events", _SATISFACTION_COLUMNS, answers), ("user_events", _USER_COLUMNS, users),
-        ("availability_events", _AVAILABILITY_COLUMNS, availability)) if rows]
-    if not staged:
+            if statuses:  # an empty list changes no channel
+                availability.add(p["user_id"])
+            rows += [("availability", *head, None, p["user_id"], event.created, None, None, None, channel, None,
+                      None, None, status, None, None, None) for channel, status in statuses.items()]
+    if not rows:
         return
-    _stage(cur, staged)
+    _stage(cur, rows)
 
     # Each part: its side rows first (they need no lock: no two batches hold one
     # eventId, workers.store sees to that), then its locks, then its recompute,
     # in one round trip. A batch that waits for another's lock then recomputes
     # from a fresh snapshot, the other's rows committed.
-    if conversations or answers:
+    if conversations or answered:
         sql = [_CONVERSATION_EVENTS] if conversations else []
-        if answers:
-            sql.append(_insert_side("satisfaction_events", _SATISFACTION_COLUMNS))
+        if answered:
+            sql.append(_insert_side("satisfaction_events", "satisfaction", _SATISFACTION_COLUMNS))
         sql.append(_LOCK.format("conversation"))
         sql += [_CONVERSATIONS] if conversations else []
-        sql += [_SATISFACTION] if answers else []
-        cur.execute(";".join(sql), {"conversation_keys": sorted({row[2] for row in (*conversations, *answers)}),
-                                    "conversations": sorted({row[2] for row in conversations}),
-                                    "answered": sorted({row[2] for row in answers})})
-    if users or availability:
-        sql = [_insert_side("user_events", _USER_COLUMNS)] if users else []
+        sql += [_SATISFACTION] if answered else []
+        cur.execute(";".join(sql), {"conversation_keys": sorted(conversations | answered),
+                                    "conversations": sorted(conversations), "answered": sorted(answered)})
+    if sessions or availability:
+        sql = [_insert_side("user_events", "user", _USER_COLUMNS)] if sessions else []
         if availability:
-            sql.append(_insert_side("availability_events", _AVAILABILITY_COLUMNS))
+            sql.append(_insert_side("availability_events", "availability", _AVAILABILITY_COLUMNS,
+                                    "event_uuid, channel"))
         sql.append(_LOCK.format("user"))
         locks = ";".join(sql)
-        user_keys = sorted({str(row[2]) for row in users} | {str(row[3]) for row in availability})
-        if users:
-            _recompute_sessions(cur, users, locks, {"user_keys": user_keys})
+        user_keys = sorted({str(user) for user, _ in sessions} | {str(user) for user in availability})
+        if sessions:
+            _recompute_sessions(cur, sessions, locks, {"user_keys": user_keys})
         if availability:
-            _recompute_availability(cur, None if users else locks, {"user_keys": user_keys})
+            _recompute_availability(cur, None if sessions else locks, {"user_keys": user_keys})
 
 
 def _recompute_sessions(cur, users: list[tuple], before: str, before_params: dict) -> None:
     """Pair again, with workers.sessions.pair_sessions (the operators' rule),
-    each staged user's connections from its window on (users: the staged rows),
-    after the statements `before` (the side rows and the locks)."""
+    each staged user's connections from its window on (users: (user, createdAt)
+    of the batch's connections and disconnections), after the statements
+    `before` (the side rows and the locks)."""
     t0 = {}
-    for _, _, user, at, _ in users:
+    for user, at in users:
         t0[user] = min(at, t0.get(user, at))
     params = {"users": sorted(t0), "t0s": [t0[user] for user in sorted(t0)]}
     cur.execute(before + ";" + _SESSION_WINDOWS, {**before_params, **params})

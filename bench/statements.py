@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ import uuid
 import psycopg2
 import psycopg2.extensions
 
+from bench.hotspots import cpu_seconds
 from bench.run import LOGS, Bench
 from bench.webhooks import mixed_bodies, webhook_bodies
 from pushline.config import Settings
@@ -33,7 +35,9 @@ from pushline.envelope import Envelope
 
 
 class StatementsBench(Bench):
-    database = "pushline_bench_statements"  # its own: it can run beside `make bench`
+    # Its own database, so that it can run beside `make bench` (PUSHLINE_BENCH_DATABASE:
+    # another, for two trees measured side by side).
+    database = os.environ.get("PUSHLINE_BENCH_DATABASE", "pushline_bench_statements")
 
     def clear_redis(self):
         pass  # no queue here: another bench's keys are not ours to clear
@@ -137,12 +141,17 @@ def main(argv=None) -> int:
         items = [Envelope(uuid.uuid4().hex, "default", now, body).encode() for body in bodies]
         size = settings.batch_size
         batches = [items[i:i + size] for i in range(0, len(items), size)]
-        started, cpu_started = time.perf_counter(), time.process_time()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        conn.commit()
+        started, cpu_started, backend_started = time.perf_counter(), time.process_time(), cpu_seconds(backend)
         for batch in batches:
             result = process_items(conn, batch, registry, settings.tzinfo, settings.max_custom_data_keys)
             if result.dead:
                 raise RuntimeError(f"dead letters: {result.dead[:1]}")
         total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        backend_cpu = cpu_seconds(backend) - backend_started
         if args.explain is not None:
             explain_batch(conn, items[-size:], registry, settings, args.explain)
         conn.close()
@@ -152,7 +161,8 @@ def main(argv=None) -> int:
     sql = sum(TIMES.values())
     n = len(batches)
     print(f"{args.stream}: {len(items):,} events in {n} batches of {size}: {1000 * total / n:.1f} ms a batch "
-          f"({len(items) / total:,.0f} ev/s in one process); this process's CPU {1000 * cpu / n:.1f} ms a batch; "
+          f"({len(items) / total:,.0f} ev/s in one process); this process's CPU {1000 * cpu / n:.1f} ms a batch, "
+          f"its PostgreSQL backend's {1000 * backend_cpu / n:.1f}; "
           f"stored {by_status}")
     print(f"  {'ms/batch':>8} {'share':>6} {'calls/batch':>11}  statement")
     print(f"  {1000 * (total - sql) / n:8.2f} {100 * (total - sql) / total:5.1f}% {'':>11}  Python (intake, COPY text,"

@@ -60,8 +60,14 @@ class Timeouts:
     def options(self) -> str:
         # TimeZone=UTC: timestamptz values come back in UTC, so any instant in
         # years 1-9999 UTC is readable by Python whatever the server's default zone.
+        # jit=off (as migration 0019 sets for the database, but whatever a role or
+        # server says): Pushline's statements are index lookups of a few rows each,
+        # yet a parameter's inequality (`at >= t0`) is guessed at a third of a
+        # user's history, so a batch of a few hundred users passed jit_above_cost
+        # and spent some 100 ms compiling what runs in a few.
         return (f"-c statement_timeout={self.statement_ms} -c lock_timeout={self.lock_ms}"
-                f" -c idle_in_transaction_session_timeout={self.idle_in_transaction_ms} -c TimeZone=UTC")
+                f" -c idle_in_transaction_session_timeout={self.idle_in_transaction_ms} -c TimeZone=UTC"
+                " -c jit=off")
 
 
 # A batch is a handful of set-based statements of milliseconds each; 30 s means

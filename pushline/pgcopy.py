@@ -95,6 +95,12 @@ CREATE TEMP TABLE IF NOT EXISTS stage_conversations (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_operator_events (event_id bigint, operator_id bigint, at timestamptz, kind text)
     ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_webhooks (
+    part text, event_uuid text COLLATE "C", event_id bigint, conversation_id text, user_id bigint,
+    at timestamptz, kind text, client_id bigint, project_id bigint, channel text, visitor_id text,
+    operator_id bigint, operator_ids bigint[], status text, customer_satisfaction bigint,
+    net_promoter_score integer, satisfaction_comment text
+) ON COMMIT DELETE ROWS;
 """
 
 
@@ -104,7 +110,12 @@ def prepare_staging(conn) -> None:
     Created inside a batch's transaction, a rollback would drop them again; so
     a worker makes them once, right after connecting, and `stage_rows` then
     skips the DDL (and the statement that empties a table it did not use yet
-    in the transaction: three round trips a batch)."""
+    in the transaction: four round trips a batch with both formats).
+
+    Every ON COMMIT DELETE ROWS table of the session is truncated at each commit
+    that touched a temporary table, used or not (a file truncation each): so the
+    webhooks' four kinds of rows share one table, stage_webhooks, told apart by
+    its `part` column (workers/handlers/webhooks.py)."""
     try:
         with conn.cursor() as cur:
             cur.execute(f"SET LOCAL client_min_messages = warning; {STAGING}")
@@ -116,7 +127,7 @@ def prepare_staging(conn) -> None:
     conn.staging_made = STAGING_TABLES
 
 
-STAGING_TABLES = frozenset(("stage_events", "stage_conversations", "stage_operator_events"))
+STAGING_TABLES = frozenset(("stage_events", "stage_conversations", "stage_operator_events", "stage_webhooks"))
 
 
 def stage_rows(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from psycopg2.extras import execute_values
 
 from pushline.jsonvalues import dumps_exact
+from pushline.pgarrays import array
 from pushline.pgcopy import RawJSON, stage_rows
 from schemas.webhooks import is_webhook
 from workers.intake import Incoming, parse_json
@@ -151,26 +152,26 @@ def _keep_stored_instants(cur, groups: dict[str, list[Incoming]]) -> None:
     keys = [key for key, receipts in groups.items() if _claims_event_id(receipts[0])]
     if not keys:
         return
-    cur.execute(_CLAIM, (keys,))
+    cur.execute(_CLAIM, (array(keys),))
     if cur.rowcount == len(keys):
         return
-    cur.execute(_CLAIMED_ELSEWHEN.format(lock=""), (keys,))
+    cur.execute(_CLAIMED_ELSEWHEN.format(lock=""), (array(keys),))
     other = [key for key, _ in cur.fetchall()]
     if not other:
         return
-    cur.execute(_CLAIMED_ELSEWHEN.format(lock="FOR UPDATE OF c"), (other,))  # again, locked: as they are now
+    cur.execute(_CLAIMED_ELSEWHEN.format(lock="FOR UPDATE OF c"), (array(other),))  # again, locked: as they are now
     claimed = dict(cur.fetchall())
     if not claimed:
         return
-    cur.execute(_STORED_AT_CLAIM, (list(claimed), list(claimed.values())))
+    cur.execute(_STORED_AT_CLAIM, (array(claimed), array(claimed.values())))
     stored = [key for key, in cur.fetchall()]
     if stored:
-        cur.execute(_TAKE_CLAIMED, (stored,))
+        cur.execute(_TAKE_CLAIMED, (array(stored),))
         for key in stored:
             groups[key][0].created_at = claimed[key]
     stale = sorted(claimed.keys() - set(stored))
     if stale:
-        cur.execute(_RECLAIM, (stale,))
+        cur.execute(_RECLAIM, (array(stale),))
 
 
 def _claims_event_id(first: Incoming) -> bool:
@@ -192,7 +193,7 @@ def _add_receipts(cur, groups: dict[str, list[Incoming]], old_keys: list[str]) -
     # Row locks in id order first: UPDATE ... FROM may visit rows in any order,
     # and two batches adding receipts to the same events must not lock them crosswise.
     cur.execute("""SELECT id, replace(event_key::text, '-', ''), receipt_ids FROM events
-                   WHERE event_key = ANY(%s::uuid[]) ORDER BY id FOR NO KEY UPDATE""", (old_keys,))
+                   WHERE event_key = ANY(%s::uuid[]) ORDER BY id FOR NO KEY UPDATE""", (array(old_keys),))
     updates = []
     for event_id, key, known in cur.fetchall():
         fresh = [r for r in _receipt_ids(groups[key]) if r not in set(known)]

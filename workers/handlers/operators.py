@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from pushline.pgarrays import array
 from pushline.pgcopy import copy_rows, stage_rows
 from workers.registry import StoredEvent, registry
 from workers.sessions import pair_sessions
@@ -108,12 +109,12 @@ def apply(cur, events: list[StoredEvent]) -> None:
         op = s.event.parameters["operator_id"]
         earliest[op] = min(earliest.get(op, s.event.created), s.event.created)
     operators = sorted(earliest)
-    cur.execute("SELECT pushline_lock_operators(%s::bigint[])", (operators,))
+    cur.execute("SELECT pushline_lock_operators(%s::bigint[])", (array(operators),))
 
-    cur.execute(_WINDOWS, (operators, [earliest[op] for op in operators]))
+    cur.execute(_WINDOWS, (array(operators), array(earliest[op] for op in operators)))
     windows = cur.fetchall()
-    ops = [op for op, *_ in windows]
-    starts = [w for _, w, *_ in windows]
+    ops = array(op for op, *_ in windows)
+    starts = array(w for _, w, *_ in windows)
     cur.execute(_DELETE, (ops, starts))
     cur.execute(_WINDOW_EVENTS, (ops, starts))
     by_operator = {op: [(at, kind) for _, at, kind in rows] for op, rows in groupby(cur.fetchall(), key=lambda r: r[0])}
@@ -125,6 +126,6 @@ def apply(cur, events: list[StoredEvent]) -> None:
         if open_before and (close := _closes_open_session(events_of)) != m_logout:
             closes.append((op, m, close))
     if closes:
-        cur.execute(_CLOSE_BEFORE, tuple(map(list, zip(*closes, strict=True))))
+        cur.execute(_CLOSE_BEFORE, tuple(map(array, zip(*closes, strict=True))))
     if sessions:
         copy_rows(cur, "operator_sessions", ("operator_id", "login_at", "logout_at"), sessions)

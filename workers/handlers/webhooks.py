@@ -6,11 +6,11 @@ Each table is a function of the SET of distinct events, in the order
 they come cannot give that (a late event may change which one is "earliest",
 or split an availability run), so every batch:
 
-1. records each event's fields in a side table keyed by its eventId (the
-   event's identity: a retry repeats its fields; should one eventId ever come
-   with other fields, the first stored stays), ON CONFLICT DO NOTHING, so that
-   a redelivery or a replay adds nothing. No lock is needed for that: no two
-   batches hold one eventId (workers.store claims it first);
+1. records each event's fields in a side table, unique by (conversation,
+   user or channel, then eventId), ON CONFLICT DO NOTHING, so that a replay
+   adds nothing. An eventId reaches the handlers once (workers.store claims
+   it: a redelivery, whatever its fields, is one more receipt of the stored
+   event), so no lock is needed for that and no two side rows share one;
 2. locks the webhook_locks row of every conversation it touches and
    recomputes the rows of those conversations from the side tables with
    set-based SQL; then does the same for its users (sessions, availability).
@@ -46,7 +46,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import groupby
 
-from pushline.pgcopy import copy_rows
+from pushline.pgarrays import array
+from pushline.pgcopy import copy_rows, stage_rows
 from workers.registry import StoredEvent, registry
 from workers.sessions import pair_sessions
 
@@ -55,20 +56,11 @@ CONNECTED, DISCONNECTED = "user.connected", "user.disconnected"
 AVAILABILITY, SATISFACTION = "user.availability.updated", "satisfaction.answered"
 _ANSWERS = ("customer_satisfaction", "net_promoter_score", "satisfaction_comment")
 
-# One staging table for the four kinds of rows (`part` tells them apart), per
-# session, emptied at commit (see pushline.pgcopy): one COPY a batch, and one
-# table for the commit to empty (each costs it a file truncation). Columns as
-# in the side tables.
+# The batch's rows of the four kinds, in one staging table (`part` tells them
+# apart; made once per session by pushline.pgcopy, emptied at commit): one COPY a
+# batch. Columns as in the side tables.
 _STAGE_COLUMNS = ("part", "event_uuid", "event_id", "conversation_id", "user_id", "at", "kind", "client_id",
                   "project_id", "channel", "visitor_id", "operator_id", "operator_ids", "status", *_ANSWERS)
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_webhooks (
-    part text, event_uuid text COLLATE "C", event_id bigint, conversation_id text, user_id bigint,
-    at timestamptz, kind text, client_id bigint, project_id bigint, channel text, visitor_id text,
-    operator_id bigint, operator_ids bigint[], status text, customer_satisfaction bigint,
-    net_promoter_score integer, satisfaction_comment text
-) ON COMMIT DELETE ROWS
-"""
 _NO = (None,) * len(_STAGE_COLUMNS)
 
 _CONVERSATION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "kind", "at", "client_id", "project_id",
@@ -76,6 +68,7 @@ _CONVERSATION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "kind", "a
 _SATISFACTION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "at", *_ANSWERS)
 _USER_COLUMNS = ("event_uuid", "event_id", "user_id", "at", "kind")
 _AVAILABILITY_COLUMNS = ("event_uuid", "channel", "event_id", "user_id", "at", "status")
+_BY_CONVERSATION = "conversation_id, event_uuid"
 
 # ON CONFLICT DO UPDATE ... WHERE false inserts the missing rows and locks the
 # existing ones (as FOR UPDATE would) without writing a new row version. The
@@ -88,7 +81,9 @@ ON CONFLICT (kind, key) DO UPDATE SET key = excluded.key WHERE false
 """
 
 
-def _insert_side(table: str, part: str, columns: Sequence[str], key: str = "event_uuid") -> str:
+# Side rows go in their table's key order (see migration 0021): neighbours in
+# the index are written together.
+def _insert_side(table: str, part: str, columns: Sequence[str], key: str) -> str:
     cols = ", ".join(columns)
     return (f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_webhooks WHERE part = '{part}' ORDER BY {key}"
             " ON CONFLICT DO NOTHING")
@@ -98,11 +93,11 @@ def _insert_side(table: str, part: str, columns: Sequence[str], key: str = "even
 # side rows this batch added (RETURNING), so that both say the same when an
 # eventId came twice: a side row and its assignment are written together.
 _CONVERSATION_EVENTS = f"""
-WITH added AS ({_insert_side("webhook_conversation_events", "conversation", _CONVERSATION_COLUMNS)}
+WITH added AS ({_insert_side("webhook_conversation_events", "conversation", _CONVERSATION_COLUMNS, _BY_CONVERSATION)}
                RETURNING event_uuid, conversation_id, kind, operator_id, at)
 INSERT INTO conversation_assignments (event_uuid, conversation_id, operator_id, assigned_at)
 SELECT event_uuid, conversation_id, operator_id, at FROM added WHERE kind = 'pushed'
-ORDER BY 1
+ORDER BY conversation_id, event_uuid
 ON CONFLICT DO NOTHING
 """
 
@@ -233,7 +228,7 @@ WHERE s.id = c.id
 # per row; joined on its key, the planner read the whole table). A window
 # without p starts at ('-infinity', ''), before any event: with coalesce
 # rather than `p IS NULL OR ...`, the row comparison is an index condition on
-# availability_periods' primary key and on availability_events_order.
+# availability_periods' primary key and on availability_events' (user_id, channel, at, event_uuid).
 _AVAILABILITY_WINDOWS = """
 SELECT x.user_id, x.channel, p.at, p.event_uuid, r.ctid, r.to_at,
        (SELECT e.at FROM availability_events e
@@ -299,17 +294,6 @@ ORDER BY user_id, channel, from_at, from_event;
 """
 
 
-# No JIT for the batch's statements: they are index lookups of a few rows,
-# but a parameter's inequality (`at >= t0`) is guessed at a third of the
-# user's history, so a batch of a few hundred users passes jit_above_cost and
-# spent some 100 ms compiling what runs in a few.
-def _stage(cur, rows: list[tuple]) -> None:
-    """Fill the staging table with exactly these rows (a transaction may stage
-    several times: a rebuild's pages, a batch written event by event)."""
-    cur.execute(f"SET LOCAL client_min_messages = warning; SET LOCAL jit = off; {_STAGING}; DELETE FROM stage_webhooks")
-    copy_rows(cur, "stage_webhooks", _STAGE_COLUMNS, rows)
-
-
 def _bigint_array(values: list[int]) -> str:
     """A bigint[] literal for COPY (copy_rows would send a list of ints as JSON)."""
     return "{" + ",".join(map(str, values)) + "}"
@@ -355,7 +339,7 @@ def apply(cur, events: list[StoredEvent]) -> None:
                       None, None, status, None, None, None) for channel, status in statuses.items()]
     if not rows:
         return
-    _stage(cur, rows)
+    stage_rows(cur, "stage_webhooks", _STAGE_COLUMNS, rows)
 
     # Each part: its side rows first (they need no lock: no two batches hold one
     # eventId, workers.store sees to that), then its locks, then its recompute,
@@ -364,20 +348,20 @@ def apply(cur, events: list[StoredEvent]) -> None:
     if conversations or answered:
         sql = [_CONVERSATION_EVENTS] if conversations else []
         if answered:
-            sql.append(_insert_side("satisfaction_events", "satisfaction", _SATISFACTION_COLUMNS))
+            sql.append(_insert_side("satisfaction_events", "satisfaction", _SATISFACTION_COLUMNS, _BY_CONVERSATION))
         sql.append(_LOCK.format("conversation"))
         sql += [_CONVERSATIONS] if conversations else []
         sql += [_SATISFACTION] if answered else []
-        cur.execute(";".join(sql), {"conversation_keys": sorted(conversations | answered),
-                                    "conversations": sorted(conversations), "answered": sorted(answered)})
+        cur.execute(";".join(sql), {"conversation_keys": array(sorted(conversations | answered)),
+                                    "conversations": array(sorted(conversations)), "answered": array(sorted(answered))})
     if sessions or availability:
-        sql = [_insert_side("user_events", "user", _USER_COLUMNS)] if sessions else []
+        sql = [_insert_side("user_events", "user", _USER_COLUMNS, "user_id, at, event_uuid")] if sessions else []
         if availability:
             sql.append(_insert_side("availability_events", "availability", _AVAILABILITY_COLUMNS,
-                                    "event_uuid, channel"))
+                                    "user_id, channel, at, event_uuid"))
         sql.append(_LOCK.format("user"))
         locks = ";".join(sql)
-        user_keys = sorted({str(user) for user, _ in sessions} | {str(user) for user in availability})
+        user_keys = array(sorted({str(user) for user, _ in sessions} | {str(user) for user in availability}))
         if sessions:
             _recompute_sessions(cur, sessions, locks, {"user_keys": user_keys})
         if availability:
@@ -392,7 +376,7 @@ def _recompute_sessions(cur, users: list[tuple], before: str, before_params: dic
     t0 = {}
     for user, at in users:
         t0[user] = min(at, t0.get(user, at))
-    params = {"users": sorted(t0), "t0s": [t0[user] for user in sorted(t0)]}
+    params = {"users": array(sorted(t0)), "t0s": array(t0[user] for user in sorted(t0))}
     cur.execute(before + ";" + _SESSION_WINDOWS, {**before_params, **params})
     windows = cur.fetchall()
     cur.execute(_DELETE_SESSIONS, params)
@@ -409,7 +393,7 @@ def _recompute_sessions(cur, users: list[tuple], before: str, before_params: dic
         if open_before and (close := _closes_open_session(events_of)) != m_end:
             closes.append((user, m, close))
     if closes:
-        cur.execute(_CLOSE_BEFORE, tuple(map(list, zip(*closes, strict=True))))
+        cur.execute(_CLOSE_BEFORE, tuple(map(array, zip(*closes, strict=True))))
     if sessions:
         copy_rows(cur, "user_sessions", ("user_id", "connected_at", "disconnected_at"), sessions)
 
@@ -428,7 +412,7 @@ def _recompute_availability(cur, before: str | None, before_params: dict) -> Non
         elif run is not None and run_to != run_end:
             ends.append((run, run_to))
         windows.append((user, channel, at, event))
-    params = dict(zip(("users", "channels", "ats", "events"), map(list, zip(*windows, strict=True)), strict=True))
+    params = dict(zip(("users", "channels", "ats", "events"), map(array, zip(*windows, strict=True)), strict=True))
     if ends:
-        params["run_ctids"], params["run_tos"] = map(list, zip(*ends, strict=True))
+        params["run_ctids"], params["run_tos"] = map(array, zip(*ends, strict=True))
     cur.execute((_RUN_ENDS if ends else "") + _AVAILABILITY, params)

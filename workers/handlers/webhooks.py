@@ -2,43 +2,48 @@
 satisfaction, user_sessions, availability_periods.
 
 Each table is a function of the SET of distinct events, in the order
-(createdAt as an instant, then eventId as text). Merging events into rows as
-they come cannot give that (a late event may change which one is "earliest",
-or split an availability run), so every batch:
+(createdAt as an instant, then eventId as text), whatever order they come in.
+An eventId reaches the handlers once (workers.store claims it: a redelivery,
+whatever its fields, is one more receipt of the stored event); a replay or a
+rebuild hands them the same events again. A batch stages its rows in one
+table, then:
 
-1. records each event's fields in a side table, unique by (conversation,
-   user or channel, then eventId), ON CONFLICT DO NOTHING, so that a replay
-   adds nothing. An eventId reaches the handlers once (workers.store claims
-   it: a redelivery, whatever its fields, is one more receipt of the stored
-   event), so no lock is needed for that and no two side rows share one;
-2. locks the webhook_locks row of every conversation it touches and
-   recomputes the rows of those conversations from the side tables with
-   set-based SQL; then does the same for its users (sessions, availability).
-   Row locks rather than advisory locks: they live in the tuples, so a batch
-   of thousands of conversations, or a rebuild (one transaction over every
+1. Conversations and satisfaction: every field is the earliest or the latest
+   of some events, a min or a max, so the batch folds its own events into the
+   stored row, the row keeping the eventId beside each instant it compared
+   (ties on createdAt); folding an event again changes nothing. One upsert per
+   table (INSERT ... ON CONFLICT DO UPDATE), which compares with the row as
+   last committed and holds its lock to commit: batches sharing a
+   conversation fold in turn, in any order. The one count, `assignments`,
+   grows by the pushed events the batch adds to conversation_assignments
+   (unique by eventId within the conversation).
+2. Users: a session or an availability run depends on the events around it,
+   and a late event may split a run or pair another connection, so these are
+   recomputed. The events go to side tables (unique by user or channel, then
+   eventId; ON CONFLICT DO NOTHING), the batch locks the webhook_locks row of
+   each user it touches, and recomputes from a window: from the batch's
+   earliest event of the user (sessions) or from the event just before the
+   batch's earliest of the channel (availability); everything before a window
+   is final, because pairing and runs depend only on what came before.
+   Windows are found and read through indexes, one lookup per user or
+   channel, so that a batch costs what it touches, not the history of the
+   tables. Row locks rather than advisory locks: they live in the tuples, so
+   a batch of thousands of users, or a rebuild (one transaction over every
    event), never fills the shared lock table (max_locks_per_transaction x
-   max_connections entries). Every batch takes them in the same order (kind,
-   then key, each kind in one sorted statement), so batches never deadlock; a
-   batch that waited recomputes after the other committed, and its next
-   statement (READ COMMITTED) sees that batch's side rows.
+   max_connections entries); a batch that waited recomputes after the other
+   committed, and its next statement (READ COMMITTED) sees that batch's side
+   rows.
 
-Users are locked last, and no lock comes before the recomputes: consecutive
-batches nearly always share a user (a desk's few hundred users each update
-their availability every few minutes), seldom a conversation, so a batch
-holds the locks another is likely to wait for only for its user recomputes
-and its commit.
+Every batch takes its row locks in one order (conversations, satisfaction,
+then users, each in one sorted statement), so batches never deadlock. Users
+come last: consecutive batches nearly always share a user (a desk's few hundred
+users each update their availability every few minutes), seldom a
+conversation, so a batch holds the locks another is likely to wait for only for
+its user recomputes and its commit.
 
-One handler for the six types, so that its two lock statements cover them all
-in one order: locks taken by several handlers in turn could be taken crosswise.
-
-Conversations and satisfaction hold a few events each and are recomputed
-whole. Sessions and availability runs are recomputed from a window: from the
-batch's earliest event of the user (sessions) or from the event just before
-the batch's earliest of the channel (availability); everything before a
-window is final, because pairing and runs depend only on what came before.
-Windows and conversations are found and read through indexes, one lookup per
-user, channel or conversation, so that a batch costs what it touches, not the
-history of the tables.
+One handler for the six types, so that its statements take the locks of all
+of them in that one order: locks taken by several handlers in turn could be
+taken crosswise.
 """
 
 from __future__ import annotations
@@ -63,12 +68,8 @@ _STAGE_COLUMNS = ("part", "event_uuid", "event_id", "conversation_id", "user_id"
                   "project_id", "channel", "visitor_id", "operator_id", "operator_ids", "status", *_ANSWERS)
 _NO = (None,) * len(_STAGE_COLUMNS)
 
-_CONVERSATION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "kind", "at", "client_id", "project_id",
-                         "channel", "visitor_id", "operator_id", "operator_ids")
-_SATISFACTION_COLUMNS = ("event_uuid", "event_id", "conversation_id", "at", *_ANSWERS)
 _USER_COLUMNS = ("event_uuid", "event_id", "user_id", "at", "kind")
 _AVAILABILITY_COLUMNS = ("event_uuid", "channel", "event_id", "user_id", "at", "status")
-_BY_CONVERSATION = "conversation_id, event_uuid"
 
 # ON CONFLICT DO UPDATE ... WHERE false inserts the missing rows and locks the
 # existing ones (as FOR UPDATE would) without writing a new row version. The
@@ -89,66 +90,94 @@ def _insert_side(table: str, part: str, columns: Sequence[str], key: str) -> str
             " ON CONFLICT DO NOTHING")
 
 
-# One row per distinct pushed event, whatever else: no recompute needed. The
-# side rows this batch added (RETURNING), so that both say the same when an
-# eventId came twice: a side row and its assignment are written together.
-_CONVERSATION_EVENTS = f"""
-WITH added AS ({_insert_side("webhook_conversation_events", "conversation", _CONVERSATION_COLUMNS, _BY_CONVERSATION)}
-               RETURNING event_uuid, conversation_id, kind, operator_id, at)
-INSERT INTO conversation_assignments (event_uuid, conversation_id, operator_id, assigned_at)
-SELECT event_uuid, conversation_id, operator_id, at FROM added WHERE kind = 'pushed'
-ORDER BY conversation_id, event_uuid
-ON CONFLICT DO NOTHING
-"""
+def _staged(part: str, where: str, order: str, columns: str = "*") -> str:
+    """Per conversation, the one staged row of `part` first in `order`."""
+    return (f"SELECT DISTINCT ON (conversation_id) {columns} FROM stage_webhooks WHERE part = '{part}' AND {where}"
+            f" ORDER BY conversation_id, {order}")
 
-# Per conversation, its events aggregated where they are read: one index
-# lookup per conversation (a join with the staging table, which is never
-# analysed, read the whole side table as soon as it held a few thousand rows),
-# and no sort or grouping by conversation_id, whose collation is the
-# database's (strcoll for every comparison); the ordered aggregates sort a
-# conversation's few events by (at, event_uuid), event_uuid in "C".
-_PER_CONVERSATION = """unnest(%({1})s::text[]) AS c(conversation_id) CROSS JOIN LATERAL (
-    SELECT {2} FROM {0} w WHERE w.conversation_id = c.conversation_id) AS a"""
 
-# Attributes from the earliest pushed event, else from the latest closed one
-# (a whole event's values: a pushed event without visitorId does not borrow a
-# closed event's).
-_ATTR = "CASE WHEN (a.fp).event_uuid IS NOT NULL THEN (a.fp).{0} ELSE (a.lc).{0} END"
-_CONVERSATION_AGGREGATES = """
-    count(*) FILTER (WHERE w.kind = 'pushed') AS assignments,
-    min(w.at) FILTER (WHERE w.kind = 'pushed') AS started_at,
-    max(w.at) FILTER (WHERE w.kind = 'closed') AS ended_at,
-    (array_agg(w ORDER BY w.at, w.event_uuid) FILTER (WHERE w.kind = 'pushed'))[1] AS fp,
-    (array_agg(w ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.kind = 'pushed'))[1] AS lp,
-    (array_agg(w ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.kind = 'closed'))[1] AS lc"""
+_EARLIEST, _LATEST = "at, event_uuid", "at DESC, event_uuid DESC"
+
+# Conversations, merged (migration 0022): the batch's earliest pushed event (fp),
+# latest pushed (lp) and latest closed (lc) of each conversation, folded into the
+# stored row where they come first or last in (createdAt, eventId). ON CONFLICT
+# DO UPDATE compares with the row as last committed, and holds the row's lock
+# to commit, so batches sharing a conversation fold in turn, in any order.
+# `assignments` grows by the pushed events this batch adds to
+# conversation_assignments (a replayed event is there already and adds
+# nothing; folding it again changes nothing either). The rows are written in
+# conversation order, so batches lock shared conversations in one order.
+# Attributes come from the earliest pushed event, else from the latest closed
+# one (a whole event's values: a pushed event without visitorId does not
+# borrow a closed event's).
+_ATTRS = ("client_id", "project_id", "channel", "visitor_id")
+
+
+def _wins(at: str, event: str, comparison: str) -> str:
+    """The batch's (instant, eventId) comes before ('<') or after ('>') the row's, or the row has none."""
+    return (f"(excluded.{event} IS NOT NULL AND (c.{event} IS NULL"
+            f" OR (excluded.{at}, excluded.{event}) {comparison} (c.{at}, c.{event})))")
+
+
+_FP_WINS = _wins("started_at", "first_event", "<")
+_LP_WINS = _wins("last_assigned_at", "last_assigned_event", ">")
+_LC_WINS = _wins("ended_at", "closed_event", ">")
+
+
+def _take(condition: str, columns: Sequence[str]) -> str:
+    return ", ".join(f"{col} = CASE WHEN {condition} THEN excluded.{col} ELSE c.{col} END" for col in columns)
+
+
 _CONVERSATIONS = f"""
-INSERT INTO conversations_v2 (conversation_id, client_id, project_id, channel, visitor_id, operator_id,
-                              last_operator_id, operator_ids, assignments, started_at, ended_at)
-SELECT c.conversation_id, {_ATTR.format("client_id")}, {_ATTR.format("project_id")},
-       {_ATTR.format("channel")}, {_ATTR.format("visitor_id")},
-       (a.fp).operator_id, (a.lp).operator_id, (a.lc).operator_ids, a.assignments, a.started_at, a.ended_at
-FROM {_PER_CONVERSATION.format("webhook_conversation_events", "conversations", _CONVERSATION_AGGREGATES)}
-WHERE a.started_at IS NOT NULL OR a.ended_at IS NOT NULL
-ORDER BY c.conversation_id COLLATE "C"
+WITH assigned AS (
+    INSERT INTO conversation_assignments (event_uuid, conversation_id, operator_id, assigned_at)
+    SELECT event_uuid, conversation_id, operator_id, at FROM stage_webhooks
+    WHERE part = 'conversation' AND kind = 'pushed'
+    ORDER BY conversation_id, event_uuid
+    ON CONFLICT DO NOTHING
+    RETURNING conversation_id
+),
+added AS (SELECT conversation_id, count(*) AS n FROM assigned GROUP BY conversation_id),
+fp AS ({_staged("conversation", "kind = 'pushed'", _EARLIEST)}),
+lp AS ({_staged("conversation", "kind = 'pushed'", _LATEST, "conversation_id, at, event_uuid, operator_id")}),
+lc AS ({_staged("conversation", "kind = 'closed'", _LATEST)}),
+b AS (SELECT DISTINCT conversation_id FROM stage_webhooks WHERE part = 'conversation')
+INSERT INTO conversations_v2 AS c (conversation_id, {", ".join(_ATTRS)}, operator_id, last_operator_id, operator_ids,
+                                   assignments, started_at, ended_at, first_event, last_assigned_at,
+                                   last_assigned_event, closed_event)
+SELECT b.conversation_id,
+       {", ".join(f"CASE WHEN fp.event_uuid IS NOT NULL THEN fp.{a} ELSE lc.{a} END" for a in _ATTRS)},
+       fp.operator_id, lp.operator_id, lc.operator_ids, coalesce(added.n, 0), fp.at, lc.at,
+       fp.event_uuid, lp.at, lp.event_uuid, lc.event_uuid
+FROM b LEFT JOIN fp USING (conversation_id) LEFT JOIN lp USING (conversation_id)
+     LEFT JOIN lc USING (conversation_id) LEFT JOIN added USING (conversation_id)
+ORDER BY b.conversation_id COLLATE "C"
 ON CONFLICT (conversation_id) DO UPDATE SET
-    client_id = excluded.client_id, project_id = excluded.project_id, channel = excluded.channel,
-    visitor_id = excluded.visitor_id, operator_id = excluded.operator_id,
-    last_operator_id = excluded.last_operator_id, operator_ids = excluded.operator_ids,
-    assignments = excluded.assignments, started_at = excluded.started_at, ended_at = excluded.ended_at
+    {_take(f"{_FP_WINS} OR (c.first_event IS NULL AND {_LC_WINS})", _ATTRS)},
+    {_take(_FP_WINS, ("operator_id", "started_at", "first_event"))},
+    {_take(_LP_WINS, ("last_operator_id", "last_assigned_at", "last_assigned_event"))},
+    {_take(_LC_WINS, ("operator_ids", "ended_at", "closed_event"))},
+    assignments = c.assignments + excluded.assignments
+WHERE {_FP_WINS} OR {_LP_WINS} OR {_LC_WINS} OR excluded.assignments > 0
 """
 
-# Each answer from the latest event carrying it (only such events are kept).
-_LATEST = "(array_agg(w.{0} ORDER BY w.at DESC, w.event_uuid DESC) FILTER (WHERE w.{0} IS NOT NULL))[1] AS {0}"
-_LATEST_AT = "max(w.at) FILTER (WHERE w.{0} IS NOT NULL) AS {0}_at"
-_SATISFACTION_AGGREGATES = ", ".join(f"{_LATEST.format(a)}, {_LATEST_AT.format(a)}" for a in _ANSWERS)
+
+# Satisfaction, merged the same way: each answer from the latest event carrying
+# it (only events with an answer are staged).
+def _answer_wins(a: str) -> str:
+    return _wins(f"{a}_at", f"{a}_event", ">")
+
+
 _SATISFACTION = f"""
-INSERT INTO satisfaction (conversation_id, {", ".join(f"{a}, {a}_at" for a in _ANSWERS)})
-SELECT c.conversation_id, {", ".join(f"a.{a}, a.{a}_at" for a in _ANSWERS)}
-FROM {_PER_CONVERSATION.format("satisfaction_events", "answered", _SATISFACTION_AGGREGATES)}
-WHERE {" OR ".join(f"a.{a}_at IS NOT NULL" for a in _ANSWERS)}
-ORDER BY c.conversation_id COLLATE "C"
+WITH {", ".join(f"{a} AS ({_staged('satisfaction', f'{a} IS NOT NULL', _LATEST)})" for a in _ANSWERS)},
+b AS (SELECT DISTINCT conversation_id FROM stage_webhooks WHERE part = 'satisfaction')
+INSERT INTO satisfaction AS c (conversation_id, {", ".join(f"{a}, {a}_at, {a}_event" for a in _ANSWERS)})
+SELECT b.conversation_id, {", ".join(f"{a}.{a}, {a}.at, {a}.event_uuid" for a in _ANSWERS)}
+FROM b {" ".join(f"LEFT JOIN {a} USING (conversation_id)" for a in _ANSWERS)}
+ORDER BY b.conversation_id COLLATE "C"
 ON CONFLICT (conversation_id) DO UPDATE SET
-    {", ".join(f"{a} = excluded.{a}, {a}_at = excluded.{a}_at" for a in _ANSWERS)}
+    {", ".join(_take(_answer_wins(a), (a, f"{a}_at", f"{a}_event")) for a in _ANSWERS)}
+WHERE {" OR ".join(_answer_wins(a) for a in _ANSWERS)}
 """
 
 # Sessions. The window of a user starts at t0, the batch's earliest event of
@@ -341,19 +370,19 @@ def apply(cur, events: list[StoredEvent]) -> None:
         return
     stage_rows(cur, "stage_webhooks", _STAGE_COLUMNS, rows)
 
-    # Each part: its side rows first (they need no lock: no two batches hold one
-    # eventId, workers.store sees to that), then its locks, then its recompute,
-    # in one round trip. A batch that waits for another's lock then recomputes
-    # from a fresh snapshot, the other's rows committed.
+    # Conversations and satisfaction are folded into their rows (each row locked
+    # by its own upsert); users' side rows first (they need no lock: no two
+    # batches hold one eventId, workers.store sees to that), then their locks,
+    # then their recomputes, the first of them in the same round trip. A batch
+    # that waits for another's lock then recomputes from a fresh snapshot, the
+    # other's rows committed.
     if conversations or answered:
-        sql = [_CONVERSATION_EVENTS] if conversations else []
-        if answered:
-            sql.append(_insert_side("satisfaction_events", "satisfaction", _SATISFACTION_COLUMNS, _BY_CONVERSATION))
-        sql.append(_LOCK.format("conversation"))
-        sql += [_CONVERSATIONS] if conversations else []
-        sql += [_SATISFACTION] if answered else []
-        cur.execute(";".join(sql), {"conversation_keys": array(sorted(conversations | answered)),
-                                    "conversations": array(sorted(conversations)), "answered": array(sorted(answered))})
+        # The staging table is never analysed: its rows are guessed at one, so
+        # the planner nested its per-conversation subqueries (a rescan of each
+        # for every conversation: 25 ms for 271 of them) where hash joins take
+        # a pass each.
+        cur.execute(";".join(["SET LOCAL enable_nestloop = off", *([_CONVERSATIONS] if conversations else []),
+                              *([_SATISFACTION] if answered else []), "RESET enable_nestloop"]))
     if sessions or availability:
         sql = [_insert_side("user_events", "user", _USER_COLUMNS, "user_id, at, event_uuid")] if sessions else []
         if availability:

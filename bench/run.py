@@ -67,7 +67,7 @@ ACK_RATIO_GOAL = 0.75  # POST /push over the tuned no-op reference
 MIXED_RATIO_GOAL = 0.85  # the mixed stream over the Push API alone, 2 workers each
 # Emptied before each drain: events, the Push API's tables and the webhooks' (those that exist).
 TABLES = ("events", "conversations", "operator_sessions", "operator_events", "spool", "webhook_locks",
-          "user_events", "availability_events",
+          "user_events", "availability_events", "conversation_event_ids",
           "conversations_v2", "conversation_assignments", "satisfaction", "user_sessions", "availability_periods",
           "webhook_event_ids")
 # Analyst tables of the webhooks, counted after a mixed drain.

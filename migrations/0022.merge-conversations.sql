@@ -13,6 +13,13 @@
 -- conversation_assignments (unique by eventId within its conversation: a
 -- replayed event adds nothing).
 --
+-- An eventId is folded once: a pushed event when its conversation_assignments
+-- row is added, a closed event or an answer when its conversation_event_ids row
+-- is (one small row each, unique by conversation and eventId). An event handled
+-- again (a replay; a receipt after retention pruned its row, with another
+-- createdAt) finds its row there and changes nothing: the first stored stays,
+-- as with the side tables.
+--
 -- The added columns, for analysts too: first_event (the eventId of the earliest
 -- pushed event: the one operator_id and, when there is one, the attributes come
 -- from), last_assigned_at / last_assigned_event (the latest pushed event:
@@ -56,6 +63,17 @@ UPDATE satisfaction s SET satisfaction_comment_event = e.event_uuid
 FROM (SELECT DISTINCT ON (conversation_id) conversation_id, event_uuid FROM satisfaction_events
       WHERE satisfaction_comment IS NOT NULL ORDER BY conversation_id, at DESC, event_uuid DESC) AS e
 WHERE s.conversation_id = e.conversation_id;
+
+CREATE TABLE conversation_event_ids (
+    conversation_id text NOT NULL,
+    event_uuid text COLLATE "C" NOT NULL,   -- eventId of a v2.conversation.closed or satisfaction.answered
+    PRIMARY KEY (conversation_id, event_uuid)
+);
+INSERT INTO conversation_event_ids (conversation_id, event_uuid)
+SELECT conversation_id, event_uuid FROM webhook_conversation_events WHERE kind = 'closed'
+UNION
+SELECT conversation_id, event_uuid FROM satisfaction_events;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON conversation_event_ids TO pushline_worker;
 
 DELETE FROM webhook_locks WHERE kind = 'conversation';
 DROP TABLE webhook_conversation_events, satisfaction_events;

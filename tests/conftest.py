@@ -34,7 +34,7 @@ RUN_ID = uuid.uuid4().hex[:8]
 TABLES = ("events, conversations, operator_sessions, operator_events, operator_horizons, spool,"
           # today's webhooks (CONTRACT 7) and the side tables their handlers recompute from
           " conversations_v2, conversation_assignments, satisfaction, user_sessions, availability_periods,"
-          " user_events, availability_events")
+          " user_events, availability_events, conversation_event_ids")
 
 
 def free_port() -> int:

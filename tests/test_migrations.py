@@ -78,6 +78,9 @@ def test_0022_keeps_the_event_ids_the_merge_compares(scratch):
             cur.execute("""SELECT customer_satisfaction_event, net_promoter_score_event, satisfaction_comment_event
                            FROM satisfaction""")
             assert cur.fetchall() == [("s2", "s3", "s3")]
+            cur.execute("SELECT conversation_id, event_uuid FROM conversation_event_ids ORDER BY 1, 2")
+            assert cur.fetchall() == [("c1", "s1"), ("c1", "s2"), ("c1", "s3"), ("c1", "s4"), ("c1", "x"), ("c1", "y"),
+                                      ("c2", "q")]
             cur.execute("SELECT kind, key FROM webhook_locks")
             assert cur.fetchall() == [("user", "5")]
             cur.execute("SELECT to_regclass('webhook_conversation_events'), to_regclass('satisfaction_events')")

@@ -50,7 +50,7 @@ from workers.store import group_by_key, write_batch
 ANALYST_TABLES = ("conversations_v2", "conversation_assignments", "satisfaction", "user_sessions",
                   "availability_periods")
 ANALYST_VIEWS = ("conversation_v2_daily", "user_daily")
-SIDE_TABLES = ("user_events", "availability_events", "webhook_locks")
+SIDE_TABLES = ("user_events", "availability_events", "webhook_locks", "conversation_event_ids")
 
 
 def T(text: str) -> dt.datetime:
@@ -583,6 +583,25 @@ def test_an_event_id_whose_row_is_gone_is_stored_again_at_the_instant_it_comes_w
     assert query(wh, "SELECT deliveries, created_at FROM events") == [(2, T("2024-03-06T09:05:00Z"))]
     assert query(wh, "SELECT created_at FROM webhook_event_ids WHERE event_key = %s",
                  event_key(first)) == [(T("2024-03-06T09:05:00Z"),)]
+
+
+def test_an_event_handled_again_at_another_instant_changes_no_row(loop, wh):
+    """The first instant an eventId was folded with stays, as for the side tables
+    before: a receipt after retention pruned its row (above: stored again as it
+    says) leaves the analyst rows as they were, whatever its createdAt."""
+    ids = [f"4{i}111111-2222-4333-8444-555555555555" for i in range(4)]
+    first = [pushed("c-again", 1, "2024-03-05T10:00:00Z", event_id=ids[0]),
+             pushed("c-again", 2, "2024-03-05T10:30:00Z", event_id=ids[1]),
+             closed("c-again", [1, 2], "2024-03-05T11:00:00Z", event_id=ids[2]),
+             answered("c-again", "2024-03-05T11:10:00Z", customerSatisfaction=2, event_id=ids[3])]
+    store(loop, first)
+    before = everything(wh)
+    wh.cursor().execute("DELETE FROM events")  # retention
+    store(loop, [{**first[0], "createdAt": "2024-03-05T10:45:00Z"}, {**first[2], "createdAt": "2024-03-05T12:00:00Z"},
+                 {**first[3], "createdAt": "2024-03-05T12:00:00Z", "customerSatisfaction": 5}])
+    assert query(wh, "SELECT count(*) FROM events WHERE status = 'processed'") == [(3,)]
+    assert everything(wh) == before
+    assert conversation_row(wh, "c-again")["last_operator_id"] == 2
 
 
 def test_the_migration_claims_the_webhooks_stored_before_it(loop, wh):

@@ -151,7 +151,8 @@ def rebuild(conn, registry: Registry, tz) -> Counter:
         with conn.cursor() as cur:
             cur.execute("""TRUNCATE conversations, operator_sessions, operator_events,
                            conversations_v2, conversation_assignments, satisfaction, user_sessions,
-                           availability_periods, user_events, availability_events, webhook_locks""")
+                           availability_periods, user_events, availability_events, webhook_locks,
+                           conversation_event_ids""")
         # Created order keeps each page's session window small.
         with conn.cursor(name="pushline_rebuild") as reader:
             reader.itersize = PAGE

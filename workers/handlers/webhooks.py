@@ -11,12 +11,13 @@ table, then:
 1. Conversations and satisfaction: every field is the earliest or the latest
    of some events, a min or a max, so the batch folds its own events into the
    stored row, the row keeping the eventId beside each instant it compared
-   (ties on createdAt); folding an event again changes nothing. One upsert per
-   table (INSERT ... ON CONFLICT DO UPDATE), which compares with the row as
-   last committed and holds its lock to commit: batches sharing a
-   conversation fold in turn, in any order. The one count, `assignments`,
-   grows by the pushed events the batch adds to conversation_assignments
-   (unique by eventId within the conversation).
+   (ties on createdAt). One upsert per table (INSERT ... ON CONFLICT DO
+   UPDATE), which compares with the row as last committed and holds its lock
+   to commit: batches sharing a conversation fold in turn, in any order. An
+   event is folded the first time it is handled only: when the batch adds its
+   row to conversation_assignments (pushed; `assignments` counts them) or to
+   conversation_event_ids (closed, answers), each unique by conversation and
+   eventId; handled again, with whatever createdAt, it changes nothing.
 2. Users: a session or an availability run depends on the events around it,
    and a late event may split a run or pair another connection, so these are
    recomputed. The events go to side tables (unique by user or channel, then
@@ -90,9 +91,9 @@ def _insert_side(table: str, part: str, columns: Sequence[str], key: str) -> str
             " ON CONFLICT DO NOTHING")
 
 
-def _staged(part: str, where: str, order: str, columns: str = "*") -> str:
-    """Per conversation, the one staged row of `part` first in `order`."""
-    return (f"SELECT DISTINCT ON (conversation_id) {columns} FROM stage_webhooks WHERE part = '{part}' AND {where}"
+def _staged(rows: str, where: str, order: str, columns: str = "*") -> str:
+    """Per conversation, the one row of `rows` (matching `where`) first in `order`."""
+    return (f"SELECT DISTINCT ON (conversation_id) {columns} FROM {rows} WHERE {where}"
             f" ORDER BY conversation_id, {order}")
 
 
@@ -103,9 +104,11 @@ _EARLIEST, _LATEST = "at, event_uuid", "at DESC, event_uuid DESC"
 # stored row where they come first or last in (createdAt, eventId). ON CONFLICT
 # DO UPDATE compares with the row as last committed, and holds the row's lock
 # to commit, so batches sharing a conversation fold in turn, in any order.
-# `assignments` grows by the pushed events this batch adds to
-# conversation_assignments (a replayed event is there already and adds
-# nothing; folding it again changes nothing either). The rows are written in
+# Only events handled for the first time are folded: a pushed event whose
+# conversation_assignments row this batch adds (`assignments` grows by their
+# number), a closed event or an answer whose conversation_event_ids row it
+# adds. One handled again (a replay, or a receipt after retention pruned its
+# row, maybe with another createdAt) changes nothing. The rows are written in
 # conversation order, so batches lock shared conversations in one order.
 # Attributes come from the earliest pushed event, else from the latest closed
 # one (a whole event's values: a pushed event without visitorId does not
@@ -135,13 +138,24 @@ WITH assigned AS (
     WHERE part = 'conversation' AND kind = 'pushed'
     ORDER BY conversation_id, event_uuid
     ON CONFLICT DO NOTHING
-    RETURNING conversation_id
+    RETURNING event_uuid
 ),
-added AS (SELECT conversation_id, count(*) AS n FROM assigned GROUP BY conversation_id),
-fp AS ({_staged("conversation", "kind = 'pushed'", _EARLIEST)}),
-lp AS ({_staged("conversation", "kind = 'pushed'", _LATEST, "conversation_id, at, event_uuid, operator_id")}),
-lc AS ({_staged("conversation", "kind = 'closed'", _LATEST)}),
-b AS (SELECT DISTINCT conversation_id FROM stage_webhooks WHERE part = 'conversation')
+closed AS (
+    INSERT INTO conversation_event_ids (conversation_id, event_uuid)
+    SELECT conversation_id, event_uuid FROM stage_webhooks WHERE part = 'conversation' AND kind = 'closed'
+    ORDER BY conversation_id, event_uuid
+    ON CONFLICT DO NOTHING
+    RETURNING event_uuid
+),
+new AS (
+    SELECT * FROM stage_webhooks WHERE part = 'conversation'
+    AND (event_uuid IN (SELECT event_uuid FROM assigned) OR event_uuid IN (SELECT event_uuid FROM closed))
+),
+added AS (SELECT conversation_id, count(*) AS n FROM new WHERE kind = 'pushed' GROUP BY conversation_id),
+fp AS ({_staged("new", "kind = 'pushed'", _EARLIEST)}),
+lp AS ({_staged("new", "kind = 'pushed'", _LATEST, "conversation_id, at, event_uuid, operator_id")}),
+lc AS ({_staged("new", "kind = 'closed'", _LATEST)}),
+b AS (SELECT DISTINCT conversation_id FROM new)
 INSERT INTO conversations_v2 AS c (conversation_id, {", ".join(_ATTRS)}, operator_id, last_operator_id, operator_ids,
                                    assignments, started_at, ended_at, first_event, last_assigned_at,
                                    last_assigned_event, closed_event)
@@ -169,8 +183,16 @@ def _answer_wins(a: str) -> str:
 
 
 _SATISFACTION = f"""
-WITH {", ".join(f"{a} AS ({_staged('satisfaction', f'{a} IS NOT NULL', _LATEST)})" for a in _ANSWERS)},
-b AS (SELECT DISTINCT conversation_id FROM stage_webhooks WHERE part = 'satisfaction')
+WITH seen AS (
+    INSERT INTO conversation_event_ids (conversation_id, event_uuid)
+    SELECT conversation_id, event_uuid FROM stage_webhooks WHERE part = 'satisfaction'
+    ORDER BY conversation_id, event_uuid
+    ON CONFLICT DO NOTHING
+    RETURNING event_uuid
+),
+new AS (SELECT * FROM stage_webhooks WHERE part = 'satisfaction' AND event_uuid IN (SELECT event_uuid FROM seen)),
+{", ".join(f"{a} AS ({_staged('new', f'{a} IS NOT NULL', _LATEST)})" for a in _ANSWERS)},
+b AS (SELECT DISTINCT conversation_id FROM new)
 INSERT INTO satisfaction AS c (conversation_id, {", ".join(f"{a}, {a}_at, {a}_event" for a in _ANSWERS)})
 SELECT b.conversation_id, {", ".join(f"{a}.{a}, {a}.at, {a}.event_uuid" for a in _ANSWERS)}
 FROM b {" ".join(f"LEFT JOIN {a} USING (conversation_id)" for a in _ANSWERS)}

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg2.errors
 
 from pushline.jsonvalues import dumps_exact
+from pushline.pgarrays import array
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -40,9 +41,8 @@ def _text(value: str) -> str:
 def _array(values: list) -> str:
     if all(type(v) is str and v.isalnum() for v in values):  # receipt ids: nothing to quote or escape
         return "{" + ",".join(values) + "}"
-    if all(isinstance(v, str) for v in values):  # text[]
-        quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
-        return _text("{" + ",".join(quoted) + "}")
+    if all(isinstance(v, str) for v in values):  # text[]: the array literal, escaped for COPY
+        return _text(array(values))
     return _json(values)
 
 

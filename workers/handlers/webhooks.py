@@ -345,11 +345,6 @@ ORDER BY user_id, channel, from_at, from_event;
 """
 
 
-def _bigint_array(values: list[int]) -> str:
-    """A bigint[] literal for COPY (copy_rows would send a list of ints as JSON)."""
-    return "{" + ",".join(map(str, values)) + "}"
-
-
 def _closes_open_session(events: list[tuple]):
     """When a session is open before these (sorted) events: the time that closes
     it, i.e. the first instant if a disconnection is there (disconnections go
@@ -366,12 +361,13 @@ def apply(cur, events: list[StoredEvent]) -> None:
         event, p = stored.event, stored.event.parameters
         head = (p["event_id"], stored.id)
         if event.name in (PUSHED, CLOSED):
+            # operatorIds as a bigint[] literal: copy_rows would send a list of ints as JSON.
             pushed = event.name == PUSHED
             conversations.add(p["conversation_id"])
             rows.append(("conversation", *head, p["conversation_id"], None, event.created,
                          "pushed" if pushed else "closed", p["client_id"], p["project_id"], p["channel"],
                          p.get("visitor_id"), p["operator_id"] if pushed else None,
-                         None if pushed else _bigint_array(p["operator_ids"]), None, None, None, None))
+                         None if pushed else array(p["operator_ids"]), None, None, None, None))
         elif event.name == SATISFACTION:
             if any(p.get(a) is not None for a in _ANSWERS):  # customQuestion alone changes nothing
                 answered.add(p["conversation_id"])
